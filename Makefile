@@ -1,0 +1,35 @@
+# make demo: set up .venv and run the workflow on the built-in synthetic dataset.
+# make test: set up .venv and run the test suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO := --configfile configs/demo.yaml --replace-workflow-config
+export HF_HUB_OFFLINE := 1
+
+.PHONY: demo test lint dry-run clean
+
+$(VENV)/installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch and torchvision pinned in the same command as the rest, so they install as a pair
+	$(BIN)/pip install "torch==2.14.1" "torchvision==0.29.1" -e ".[test]"
+	touch $@
+
+demo: $(VENV)/installed
+	$(BIN)/snakemake --cores 2 $(DEMO)
+	$(MAKE) results/report.html
+
+results/report.html: results/tables/map.csv
+	$(BIN)/snakemake $(DEMO) --report $@
+
+test: $(VENV)/installed
+	$(BIN)/pytest
+
+lint: $(VENV)/installed
+	$(BIN)/snakemake --lint
+	$(BIN)/snakemake --lint $(DEMO)
+
+dry-run: $(VENV)/installed
+	$(BIN)/snakemake -n
+
+clean:
+	rm -rf results resources logs

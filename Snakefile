@@ -1,0 +1,36 @@
+# EGATH: end-to-end graph attention network hashing for cross-modal retrieval.
+#
+# resources/{dataset}/...                          raw data and the dataset manifest
+# results/{dataset}/pairs.h5                       ids, images, texts, labels, bag-of-words, splits
+# results/{dataset}/features/{encoder}.h5          cached CLIP features
+# results/{dataset}/graph.h5                       label co-occurrence graph and node features
+# results/{dataset}/{method}/{bits}/model.pt       one trained model
+# results/{dataset}/{method}/{bits}/codes.h5       query and database hash codes
+# results/{dataset}/{method}/{bits}/metrics.json   mAP, precision-recall, precision@N
+# results/tables/map.{csv,md,tex}                  all runs in one table
+# results/figures/{pr,topn}_{dataset}_{bits}.{png,pdf}
+
+from snakemake.utils import min_version
+
+min_version("8.20")
+
+
+configfile: "config.yaml"
+
+
+report: "report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/features.smk"
+include: "rules/graph.smk"
+include: "rules/train.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        get_final_output(),
+    default_target: True

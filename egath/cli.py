@@ -1,0 +1,120 @@
+"""`egath`: each stage of the workflow as a command, for use without Snakemake.
+
+    egath synthetic resources/demo
+    egath pairs resources/demo/manifest.tsv results/demo/pairs.h5 --dataset demo --bow-dim 200 \
+        --n-query 200 --n-train 1000 --split-seed 0
+    egath features results/demo/pairs.h5 results/demo/features.h5 --model egath-tiny-vit --pretrained none
+    egath graph results/demo/pairs.h5 results/demo/features.h5 results/demo/graph.h5 --threshold 0.3
+    egath train results/demo/pairs.h5 results/demo/features.h5 results/demo/graph.h5 model.pt --bits 32 \
+        --param epochs=30 --param lr=1e-3
+    egath encode model.pt results/demo/pairs.h5 results/demo/features.h5 codes.h5
+    egath evaluate codes.h5 metrics.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from egath.logs import setup_logging
+
+
+def _param(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)  # numbers, booleans
+    except json.JSONDecodeError:
+        return key, value
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="egath", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synthetic", help="write the synthetic dataset (images, manifest)")
+    p.add_argument("out_dir")
+    p.add_argument("--n-pairs", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=64)
+
+    p = sub.add_parser("pairs", help="manifest -> pairs.h5")
+    p.add_argument("manifest")
+    p.add_argument("out")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--bow-dim", type=int, required=True)
+    p.add_argument("--n-query", type=int, required=True)
+    p.add_argument("--n-train", type=int, required=True)
+    p.add_argument("--split-seed", type=int, required=True)
+
+    p = sub.add_parser("features", help="pairs.h5 -> CLIP features HDF5")
+    p.add_argument("pairs")
+    p.add_argument("out")
+    p.add_argument("--model", default="ViT-B-32")
+    p.add_argument("--pretrained", default="openai")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--num-workers", type=int, default=4)
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("graph", help="pairs.h5 + features -> graph.h5")
+    p.add_argument("pairs")
+    p.add_argument("features")
+    p.add_argument("out")
+    p.add_argument("--threshold", type=float, default=0.3)
+
+    p = sub.add_parser("train", help="train one model")
+    p.add_argument("pairs")
+    p.add_argument("features")
+    p.add_argument("graph")
+    p.add_argument("out")
+    p.add_argument("--bits", type=int, required=True)
+    p.add_argument("--method", default="egath")
+    p.add_argument("--param", type=_param, action="append", default=[],
+                   help="training parameter KEY=VALUE (egath.training.TrainConfig), repeatable")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("encode", help="model.pt -> codes.h5")
+    p.add_argument("model")
+    p.add_argument("pairs")
+    p.add_argument("features")
+    p.add_argument("out")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("evaluate", help="codes.h5 -> metrics.json")
+    p.add_argument("codes")
+    p.add_argument("out")
+
+    args = parser.parse_args(argv)
+    setup_logging()
+    if args.command == "synthetic":
+        from egath.datasets import make_synthetic_dataset
+        print(make_synthetic_dataset(args.out_dir, args.n_pairs, args.seed, args.image_size))
+    elif args.command == "pairs":
+        from egath.datasets import build_pairs
+        build_pairs(args.manifest, args.out, args.dataset, args.bow_dim, args.n_query, args.n_train,
+                    args.split_seed)
+    elif args.command == "features":
+        from egath.devices import select_device
+        from egath.features import extract_features
+        extract_features(args.pairs, args.out, args.model, args.pretrained, args.batch_size,
+                         args.num_workers, select_device(args.device))
+    elif args.command == "graph":
+        from egath.graph import build_graph
+        build_graph(args.pairs, args.features, args.out, args.threshold)
+    elif args.command == "train":
+        from egath.devices import select_device
+        from egath.training import train
+        train(args.pairs, args.features, args.graph, args.out, args.method, args.bits,
+              dict(args.param), device=select_device(args.device))
+    elif args.command == "encode":
+        from egath.devices import select_device
+        from egath.encoding import encode_dataset
+        encode_dataset(args.model, args.pairs, args.features, args.out, select_device(args.device))
+    elif args.command == "evaluate":
+        from egath.metrics import write_metrics
+        write_metrics(args.codes, args.out, protocol={})
+
+
+if __name__ == "__main__":
+    main()

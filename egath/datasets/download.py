@@ -1,0 +1,388 @@
+"""Downloading and unpacking the original dataset archives, and the raw-file helpers the
+dataset preparers share.
+
+`SOURCES` lists, per dataset, the official files with their URLs. No checksum is published
+by the dataset owners, so `sha256` is None unless it is known for certain; pass your own
+to `download` to pin a copy you trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import re
+import tarfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+log = logging.getLogger(__name__)
+
+NUSWIDE_IMAGES_INSTRUCTIONS = """\
+NUS-WIDE images are no longer served by NUS. Get the 269,648 Flickr images from a mirror
+(the NUS-WIDE page links to the image URL list NUS-WIDE-urls.rar; copies of the image
+folder circulate on academic mirrors and Kaggle) and place them under
+    {raw_dir}/Flickr/<concept>/<file>.jpg     (the layout of ImageList/Imagelist.txt,
+                                               e.g. Flickr/actor/0001_2124494179.jpg)
+or  {raw_dir}/images/<concept>/<file>.jpg
+or  {raw_dir}/images/<file>.jpg               (flat folder, same file names).
+The file names must be those of ImageList/Imagelist.txt (<index>_<flickr photo id>.jpg)."""
+
+_MIR = "http://press.liacs.nl/mirflickr/mirflickr25k.v3b/"
+_NUS = "https://lms.comp.nus.edu.sg/wp-content/uploads/2019/research/nuswide/"
+_COCO = "http://images.cocodataset.org/"
+
+SOURCES: dict[str, dict] = {
+    "mirflickr25k": {
+        "homepage": "https://press.liacs.nl/mirflickr/mirdownload.html",
+        "files": [
+            {"name": "mirflickr25k.zip", "url": _MIR + "mirflickr25k.zip", "sha256": None,
+             "extract": True},
+            {"name": "mirflickr25k_annotations_v080.zip",
+             "url": _MIR + "mirflickr25k_annotations_v080.zip", "sha256": None,
+             "extract": True},
+        ],
+        "instructions": "Unpack both archives in {raw_dir}: mirflickr/ (images, meta/tags, "
+                        "doc/common_tags.txt) and mirflickr25k_annotations_v080/.",
+    },
+    "nuswide": {
+        "homepage": "https://lms.comp.nus.edu.sg/wp-content/uploads/2019/research/nuswide/NUS-WIDE.html",
+        "files": [
+            {"name": "ImageList.zip", "url": _NUS + "ImageList.zip", "sha256": None,
+             "extract": True},
+            {"name": "NUS_WID_Tags.zip", "url": _NUS + "NUS_WID_Tags.zip", "sha256": None,
+             "extract": True},
+            {"name": "Groundtruth.zip", "url": _NUS + "Groundtruth.zip", "sha256": None,
+             "extract": True},
+            {"name": "ConceptsList.zip", "url": _NUS + "ConceptsList.zip", "sha256": None,
+             "extract": True},
+            # .rar: kept as a reference for fetching images, not unpacked here.
+            {"name": "NUS-WIDE-urls.rar", "url": _NUS + "NUS-WIDE-urls.rar", "sha256": None,
+             "extract": False},
+            {"name": "Flickr/", "url": None, "sha256": None, "extract": False},
+        ],
+        "instructions": NUSWIDE_IMAGES_INSTRUCTIONS,
+    },
+    "coco2014": {
+        "homepage": "https://cocodataset.org/#download",
+        "files": [
+            {"name": "annotations_trainval2014.zip",
+             "url": _COCO + "annotations/annotations_trainval2014.zip", "sha256": None,
+             "extract": True},
+            {"name": "train2014.zip", "url": _COCO + "zips/train2014.zip", "sha256": None,
+             "extract": True},
+            {"name": "val2014.zip", "url": _COCO + "zips/val2014.zip", "sha256": None,
+             "extract": True},
+        ],
+        "instructions": "Unpack in {raw_dir}: annotations/, train2014/, val2014/.",
+    },
+    "coco2017": {
+        "homepage": "https://cocodataset.org/#download",
+        "files": [
+            {"name": "annotations_trainval2017.zip",
+             "url": _COCO + "annotations/annotations_trainval2017.zip", "sha256": None,
+             "extract": True},
+            {"name": "train2017.zip", "url": _COCO + "zips/train2017.zip", "sha256": None,
+             "extract": True},
+            {"name": "val2017.zip", "url": _COCO + "zips/val2017.zip", "sha256": None,
+             "extract": True},
+        ],
+        "instructions": "Unpack in {raw_dir}: annotations/, train2017/, val2017/.",
+    },
+}
+
+
+class DownloadError(RuntimeError):
+    """A download failed for good (after retries) or its checksum did not match."""
+
+
+class DatasetError(RuntimeError):
+    """Raw dataset files are missing, malformed, or inconsistent."""
+
+
+# --------------------------------------------------------------------------- download
+
+_CHUNK = 1 << 20
+
+
+def sha256sum(path: str | os.PathLike, chunk: int = _CHUNK) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _Transient(Exception):
+    """A failure worth retrying (network error, truncated body, 5xx)."""
+
+
+def _fetch_once(url: str, partial: Path, timeout: float, progress: bool) -> None:
+    offset = partial.stat().st_size if partial.exists() else 0
+    req = urllib.request.Request(url, headers={"User-Agent": "egath-download/1"})
+    if offset:
+        req.add_header("Range", f"bytes={offset}-")
+    try:
+        resp = urllib.request.urlopen(req, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and offset:
+            # The partial is no prefix the server recognises: start over.
+            partial.unlink()
+            raise _Transient(f"HTTP 416 for range {offset}-; restarting") from e
+        if e.code >= 500 or e.code in (408, 429):
+            raise _Transient(f"HTTP {e.code}") from e
+        raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from e
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        raise _Transient(str(e)) from e
+
+    with resp:
+        status = resp.status
+        if offset and status == 206:
+            crange = resp.headers.get("Content-Range", "")
+            if not crange.startswith(f"bytes {offset}-"):
+                partial.unlink()
+                raise _Transient(f"unexpected Content-Range {crange!r}; restarting")
+            mode = "ab"
+            log.info("resuming %s at byte %d", partial.name, offset)
+        else:
+            # Server ignored the range (200): rewrite from the start.
+            mode, offset = "wb", 0
+        length = resp.headers.get("Content-Length")
+        expected = int(length) if length is not None else None
+        total = offset + expected if expected is not None else None
+        received = 0
+        last_log = time.monotonic()
+        try:
+            with open(partial, mode) as f:
+                while True:
+                    block = resp.read(_CHUNK)
+                    if not block:
+                        break
+                    f.write(block)
+                    received += len(block)
+                    if progress and time.monotonic() - last_log > 10:
+                        last_log = time.monotonic()
+                        done = offset + received
+                        if total:
+                            log.info("%s: %.1f%% of %d bytes", partial.name,
+                                     100 * done / total, total)
+                        else:
+                            log.info("%s: %d bytes", partial.name, done)
+        except (OSError, ValueError, http.client.HTTPException) as e:  # resets, IncompleteRead
+            raise _Transient(f"connection lost after {offset + received} bytes: {e}") from e
+        if expected is not None and received < expected:
+            raise _Transient(f"body truncated: {received} of {expected} bytes")
+
+
+def download(url: str, dest: str | os.PathLike, sha256: str | None = None, retries: int = 3,
+             timeout: float = 60, progress: bool = True, *, backoff: float = 2.0) -> Path:
+    """Download `url` to `dest` and return `dest`.
+
+    The body streams to `dest.partial`, which survives failures so the next attempt (or the
+    next call) resumes with an HTTP Range request where the server supports it. Network
+    errors, 5xx answers and truncated bodies are retried up to `retries` times, waiting
+    `backoff * 2**attempt` seconds. With `sha256`, the finished file is verified before the
+    atomic rename onto `dest`; a mismatch deletes the partial and raises DownloadError. An
+    existing `dest` is kept when it matches `sha256` (or when no hash is given).
+    """
+    dest = Path(dest)
+    want = sha256.lower() if sha256 else None
+    if dest.exists():
+        if want is None or sha256sum(dest) == want:
+            log.info("%s already present", dest)
+            return dest
+        log.warning("%s exists but its sha256 differs; downloading again", dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".partial")
+    attempt = 0
+    while True:
+        try:
+            _fetch_once(url, partial, timeout, progress)
+            break
+        except _Transient as e:
+            if attempt >= retries:
+                raise DownloadError(
+                    f"{url}: giving up after {attempt + 1} attempts ({e}); the partial file "
+                    f"{partial} is kept and the next call resumes it") from e
+            wait = backoff * 2 ** attempt
+            log.warning("%s: %s; retrying in %.1f s", url, e, wait)
+            time.sleep(wait)
+            attempt += 1
+    if want is not None:
+        got = sha256sum(partial)
+        if got != want:
+            partial.unlink()
+            raise DownloadError(f"checksum mismatch for {dest.name}: expected sha256 {want}, "
+                                f"got {got}; the partial file was removed")
+    os.replace(partial, dest)
+    log.info("downloaded %s (%d bytes)", dest, dest.stat().st_size)
+    return dest
+
+
+# --------------------------------------------------------------------------- extract
+
+def _safe_target(dest_dir: Path, name: str, archive: Path) -> Path:
+    target = (dest_dir / name).resolve()
+    if os.path.isabs(name) or ".." in Path(name.replace("\\", "/")).parts or \
+            not target.is_relative_to(dest_dir):
+        raise DatasetError(f"{archive}: member {name!r} would be written outside {dest_dir}")
+    return target
+
+
+def extract(archive: str | os.PathLike, dest_dir: str | os.PathLike) -> Path:
+    """Unpack a .zip, .tar, .tar.gz/.tgz, .tar.bz2 or .tar.xz into `dest_dir`.
+
+    Members with absolute paths, `..` components, links leaving `dest_dir`, or device files
+    are refused (DatasetError) before anything is written.
+    """
+    archive = Path(archive)
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    root = dest_dir.resolve()
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                _safe_target(root, info.filename, archive)
+            zf.extractall(root)
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as tf:
+            members = tf.getmembers()
+            for m in members:
+                _safe_target(root, m.name, archive)
+                if m.issym() or m.islnk():
+                    link = m.linkname if m.islnk() else \
+                        os.path.join(os.path.dirname(m.name), m.linkname)
+                    _safe_target(root, link, archive)
+                elif not (m.isfile() or m.isdir()):
+                    raise DatasetError(f"{archive}: member {m.name!r} is a special file")
+            if hasattr(tarfile, "data_filter"):
+                tf.extractall(root, members=members, filter="data")
+            else:  # pragma: no cover - Python without extraction filters
+                tf.extractall(root, members=members)
+    else:
+        raise DatasetError(f"{archive}: not a zip or tar archive")
+    log.info("extracted %s into %s", archive, dest_dir)
+    return dest_dir
+
+
+def source_key(source: str, protocol: str) -> str:
+    """The `SOURCES` entry of a config `source`: COCO's year follows the protocol."""
+    if source == "coco":
+        return "coco2014" if protocol == "egath" else "coco2017"
+    if source not in SOURCES:
+        raise ValueError(f"no download source for {source!r}; known: {sorted(SOURCES)}")
+    return source
+
+
+def fetch_dataset(name: str, raw_dir: str | os.PathLike, unpack: bool = True,
+                  sources: dict | None = None, **download_kwargs) -> list[Path]:
+    """Download (and unpack) every file of `SOURCES[name]` that has a URL into `raw_dir`.
+
+    Returns the downloaded archives. Files without a URL (NUS-WIDE images) are only
+    reported, with the instructions of `SOURCES[name]`.
+    """
+    table = (sources or SOURCES)[name]
+    raw_dir = Path(raw_dir)
+    got = []
+    for entry in table["files"]:
+        if entry["url"] is None:
+            log.warning("%s has no download URL:\n%s", entry["name"],
+                        table["instructions"].format(raw_dir=raw_dir))
+            continue
+        path = download(entry["url"], raw_dir / entry["name"], sha256=entry["sha256"],
+                        **download_kwargs)
+        stamp = raw_dir / f".{entry['name']}.extracted"
+        if unpack and entry.get("extract") and not stamp.exists():
+            extract(path, raw_dir)
+            stamp.touch()
+        got.append(path)
+    return got
+
+
+# --------------------------------------------------------------- shared preparer helpers
+
+def require_file(path: Path, what: str, hint: str = "") -> Path:
+    if not path.is_file():
+        msg = f"missing {what}: {path}"
+        raise DatasetError(msg + (f"\n{hint}" if hint else ""))
+    return path
+
+
+def find_first(candidates: Iterable[Path], what: str, hint: str = "") -> Path:
+    cands = list(candidates)
+    for c in cands:
+        if c.exists():
+            return c
+    raise DatasetError(f"missing {what}; looked for:\n  " +
+                       "\n  ".join(str(c) for c in cands) + (f"\n{hint}" if hint else ""))
+
+
+def clean_text(text: str) -> str:
+    """One line, no tabs: the manifest's text column."""
+    return " ".join(text.split())
+
+
+_ALNUM = re.compile(r"[A-Za-z0-9]")
+
+
+def is_empty_text(text: str) -> bool:
+    """True when the text holds no ASCII letter or digit, so it yields no bag-of-words token."""
+    return _ALNUM.search(text) is None
+
+
+def check_images(paths: Sequence[Path], allow_missing: bool, dataset: str,
+                 instructions: str) -> list[bool]:
+    """Return a present/missing flag per path; raise DatasetError on any missing image
+    unless `allow_missing`."""
+    present = [p.is_file() for p in paths]
+    missing = [p for p, ok in zip(paths, present) if not ok]
+    if missing and not allow_missing:
+        shown = "\n  ".join(str(p) for p in missing[:5])
+        raise DatasetError(
+            f"{dataset}: {len(missing)} of {len(paths)} images are missing, e.g.\n  {shown}\n"
+            f"{instructions}\nOr pass allow_missing_images=True to drop these samples.")
+    return present
+
+
+def manifest_image_path(image: Path, out_dir: Path, absolute: bool) -> str:
+    if absolute:
+        return str(Path(os.path.abspath(image)))
+    return os.path.relpath(os.path.abspath(image), os.path.abspath(out_dir)).replace(os.sep, "/")
+
+
+def write_manifest(out_dir: str | os.PathLike, rows: Iterable[tuple[str, str, str, Sequence[str]]],
+                   label_names: Sequence[str]) -> int:
+    """Write `manifest.tsv` (id, image, text, labels) and `labels.txt`; return the row count.
+
+    Files are written to temporary names and renamed, so a failed run leaves no half manifest.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in label_names:
+        if not name or any(c in name for c in ",\t\n"):
+            raise DatasetError(f"label name {name!r} cannot be written to a manifest")
+    n = 0
+    tmp = out_dir / "manifest.tsv.tmp"
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        f.write("id\timage\ttext\tlabels\n")
+        for sid, image, text, labels in rows:
+            f.write(f"{sid}\t{image}\t{clean_text(text)}\t{','.join(labels)}\n")
+            n += 1
+    tmp_labels = out_dir / "labels.txt.tmp"
+    tmp_labels.write_text("".join(f"{x}\n" for x in label_names), encoding="utf-8")
+    os.replace(tmp, out_dir / "manifest.tsv")
+    os.replace(tmp_labels, out_dir / "labels.txt")
+    return n
+
+
+def log_counts(dataset: str, counts: dict) -> dict:
+    parts = ", ".join(f"{k}={v}" for k, v in counts.items())
+    log.info("%s: %s", dataset, parts)
+    dropped = sum(v for k, v in counts.items() if k.startswith("dropped_"))
+    assert counts["read"] == counts["kept"] + dropped, counts
+    return counts

@@ -1,0 +1,163 @@
+"""A dataset manifest (id, image, text, labels) becomes `pairs.h5`: labels, bag-of-words, splits.
+
+Every dataset goes through here, so the synthetic demo, the paper's datasets and a user's
+own data share the same vocabulary and split logic. Formats: docs/formats.md.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from egath.io import atomic_output
+
+log = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = ("id", "image", "text", "labels")
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+@dataclass
+class Manifest:
+    ids: list[str]
+    image_paths: list[str]  # as opened from the current directory
+    texts: list[str]
+    labels: np.ndarray  # (n, C) uint8 multi-hot
+    label_names: list[str]
+
+
+def tokenize(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def read_label_names(path: str | Path) -> list[str]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: label list not found")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    duplicated = sorted(name for name, count in Counter(names).items() if count > 1)
+    if duplicated:
+        raise ValueError(f"{path}: label names listed twice: {duplicated}")
+    if not names:
+        raise ValueError(f"{path}: no label names")
+    return names
+
+
+def read_manifest(manifest_path: str | Path, labels_path: str | Path | None = None,
+                  check_images: bool = True) -> Manifest:
+    """Read and check a manifest; every problem is reported with its file and line number."""
+    manifest_path = Path(manifest_path)
+    labels_path = Path(labels_path) if labels_path else manifest_path.with_name("labels.txt")
+    label_names = read_label_names(labels_path)
+    label_index = {name: i for i, name in enumerate(label_names)}
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"{manifest_path}: manifest not found")
+
+    ids, image_paths, texts, label_rows = [], [], [], []
+    first_line_of_id: dict[str, int] = {}
+    with open(manifest_path, newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader, None)
+        if header is None or tuple(header) != MANIFEST_COLUMNS:
+            raise ValueError(f"{manifest_path}: header must be {'<TAB>'.join(MANIFEST_COLUMNS)}, "
+                             f"found {header!r}")
+        for line_no, row in enumerate(reader, start=2):
+            where = f"{manifest_path}:{line_no}"
+            if len(row) != len(MANIFEST_COLUMNS):
+                raise ValueError(f"{where}: expected {len(MANIFEST_COLUMNS)} tab-separated fields, "
+                                 f"found {len(row)}")
+            sample_id, image, text, labels = (field.strip() for field in row)
+            if not sample_id:
+                raise ValueError(f"{where}: empty id")
+            if sample_id in first_line_of_id:
+                raise ValueError(f"{where}: duplicate id {sample_id!r} "
+                                 f"(first at line {first_line_of_id[sample_id]})")
+            first_line_of_id[sample_id] = line_no
+            if not tokenize(text):
+                raise ValueError(f"{where}: sample {sample_id!r} has an empty text")
+            names = [name.strip() for name in labels.split(",") if name.strip()]
+            if not names:
+                raise ValueError(f"{where}: sample {sample_id!r} has no labels")
+            unknown = [name for name in names if name not in label_index]
+            if unknown:
+                raise ValueError(f"{where}: sample {sample_id!r} has labels not in {labels_path}: "
+                                 f"{unknown}")
+            image_path = Path(image) if Path(image).is_absolute() else manifest_path.parent / image
+            if check_images and not image_path.is_file():
+                raise FileNotFoundError(f"{where}: image of sample {sample_id!r} not found: "
+                                        f"{image_path}")
+            row_labels = np.zeros(len(label_names), np.uint8)
+            row_labels[[label_index[name] for name in names]] = 1
+            ids.append(sample_id)
+            image_paths.append(str(image_path))
+            texts.append(text)
+            label_rows.append(row_labels)
+    if not ids:
+        raise ValueError(f"{manifest_path}: no samples")
+    return Manifest(ids, image_paths, texts, np.stack(label_rows), label_names)
+
+
+def build_vocabulary(texts: list[str], size: int) -> list[str]:
+    """The `size` words that occur in the most texts (ties broken alphabetically)."""
+    document_frequency = Counter(word for text in texts for word in set(tokenize(text)))
+    ranked = sorted(document_frequency.items(), key=lambda item: (-item[1], item[0]))
+    return [word for word, _ in ranked[:size]]
+
+
+def bag_of_words(texts: list[str], vocabulary: list[str]) -> np.ndarray:
+    index = {word: i for i, word in enumerate(vocabulary)}
+    bow = np.zeros((len(texts), len(vocabulary)), np.uint8)
+    for row, text in enumerate(texts):
+        columns = [index[word] for word in tokenize(text) if word in index]
+        bow[row, columns] = 1
+    return bow
+
+
+def split_indices(n: int, n_query: int, n_train: int, seed: int) -> dict[str, np.ndarray]:
+    """One permutation: the first `n_query` rows are queries, the rest the database, of which
+    the first `n_train` are the training set (the protocol of the paper and GCDH)."""
+    if n_query <= 0 or n_train <= 0:
+        raise ValueError(f"n_query ({n_query}) and n_train ({n_train}) must be positive")
+    if n_query + n_train > n:
+        raise ValueError(f"n_query + n_train = {n_query + n_train} exceeds the {n} samples")
+    order = np.random.default_rng(seed).permutation(n)
+    return {
+        "query": np.sort(order[:n_query]),
+        "database": np.sort(order[n_query:]),
+        "train": np.sort(order[n_query:n_query + n_train]),
+    }
+
+
+def build_pairs(manifest_path: str | Path, out_path: str | Path, dataset: str, bow_dim: int,
+                n_query: int, n_train: int, split_seed: int,
+                labels_path: str | Path | None = None) -> dict[str, int]:
+    """Write `pairs.h5` for a manifest. Returns the counts it logged."""
+    manifest = read_manifest(manifest_path, labels_path)
+    vocabulary = build_vocabulary(manifest.texts, bow_dim)
+    bow = bag_of_words(manifest.texts, vocabulary)
+    splits = split_indices(len(manifest.ids), n_query, n_train, split_seed)
+    empty_bow = int((bow.sum(1) == 0).sum())
+    counts = {"samples": len(manifest.ids), "labels": len(manifest.label_names),
+              "vocabulary": len(vocabulary), "texts_without_vocabulary_words": empty_bow,
+              **{f"n_{name}": len(idx) for name, idx in splits.items()}}
+    log.info("%s: %s", dataset, counts)
+
+    text = h5py.string_dtype()
+    with atomic_output(out_path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs.update(dataset=dataset, n_query=n_query, n_train=n_train, split_seed=split_seed)
+        f.create_dataset("ids", data=manifest.ids, dtype=text)
+        f.create_dataset("image_paths", data=manifest.image_paths, dtype=text)
+        f.create_dataset("texts", data=manifest.texts, dtype=text)
+        f.create_dataset("labels", data=manifest.labels)
+        f.create_dataset("label_names", data=manifest.label_names, dtype=text)
+        f.create_dataset("bow", data=bow, compression="gzip", chunks=True)
+        f.create_dataset("vocabulary", data=vocabulary, dtype=text)
+        for name, idx in splits.items():
+            f.create_dataset(f"split/{name}", data=idx.astype(np.int64))
+    return counts

@@ -1,0 +1,35 @@
+"""Hash codes of the query and database sets of both modalities, from a trained model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from egath.io import atomic_output
+from egath.losses import binarize
+from egath.model import model_from_checkpoint
+from egath.training import load_split
+
+
+@torch.inference_mode()
+def _codes(encode, x: torch.Tensor, batch_size: int, device: str) -> np.ndarray:
+    chunks = [binarize(encode(chunk.to(device))).cpu() for chunk in x.split(batch_size)]
+    return torch.cat(chunks).to(torch.int8).numpy()
+
+
+def encode_dataset(model_path, pairs_path, features_path, out_path, device: str = "cpu",
+                   batch_size: int = 1024) -> Path:
+    """Write `codes.h5`: sign(h) for query and database, image and text (docs/formats.md)."""
+    ckpt = torch.load(model_path, map_location="cpu", weights_only=False)
+    model = model_from_checkpoint(ckpt).to(device).eval()
+    with atomic_output(out_path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs.update(dataset=ckpt["dataset"], method=ckpt["method"], bits=ckpt["bits"],
+                       epoch_selection=ckpt["epoch_selection"])
+        for split in ("query", "database"):
+            data = load_split(pairs_path, features_path, split)
+            f.create_dataset(f"{split}/image", data=_codes(model.encode_image, data.image, batch_size, device))
+            f.create_dataset(f"{split}/text", data=_codes(model.encode_text, data.text, batch_size, device))
+            f.create_dataset(f"{split}/labels", data=data.labels.numpy().astype(np.uint8))
+    return Path(out_path)

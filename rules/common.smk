@@ -1,0 +1,98 @@
+import re
+import sys
+
+from snakemake.utils import validate
+
+sys.path.insert(0, workflow.basedir)  # the egath package beside the Snakefile
+from egath.naming import encoder_slug
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+
+DATASETS = list(config["datasets"])
+BITS = config["bits"]
+METHODS = config["methods"]
+
+
+wildcard_constraints:
+    dataset="|".join(re.escape(d) for d in DATASETS),
+    method="|".join(re.escape(m) for m in METHODS),
+    bits=r"\d+",
+    encoder=r"[^/]+",
+
+
+def dataset_config(wildcards):
+    return config["datasets"][wildcards.dataset]
+
+
+def is_synthetic(dataset):
+    return config["datasets"][dataset]["source"] == "synthetic"
+
+
+def encoder_name():
+    """The {encoder} path component: model name and weights, e.g. ViT-B-32_openai."""
+    return encoder_slug(config["clip"]["model"], config["clip"]["pretrained"])
+
+
+def get_features(wildcards):
+    return f"results/{wildcards.dataset}/features/{encoder_name()}.h5"
+
+
+def get_manifest(wildcards):
+    source = dataset_config(wildcards)["source"]
+    if source == "synthetic":
+        return rules.make_synthetic_dataset.output.manifest
+    if source == "manifest":
+        return dataset_config(wildcards)["manifest"]
+    return rules.prepare_dataset.output.manifest
+
+
+def get_train_params(wildcards):
+    """This job's training parameters: `training`, then each matching `train_overrides` entry.
+
+    Only this job's slice of the config reaches it, so an edit reruns only the jobs it concerns.
+    """
+    params = dict(config["training"])
+    for override in config["train_overrides"]:
+        if (
+            override["dataset"] == wildcards.dataset
+            and override.get("bits", int(wildcards.bits)) == int(wildcards.bits)
+            and override.get("method", wildcards.method) == wildcards.method
+        ):
+            params.update(override["params"])
+    return params
+
+
+def get_protocol(wildcards):
+    cfg = dataset_config(wildcards)
+    return {
+        "n_query": cfg["n_query"],
+        "n_train": cfg["n_train"],
+        "split_seed": cfg["split_seed"],
+        "relevance": "shares at least one label",
+        "tie_rule": "database index",
+        "epoch_selection": "last",
+    }
+
+
+def get_all_metrics():
+    return expand(
+        "results/{dataset}/{method}/{bits}/metrics.json",
+        dataset=DATASETS,
+        method=METHODS,
+        bits=BITS,
+    )
+
+
+def get_final_output():
+    return [
+        *expand("results/tables/map.{ext}", ext=["csv", "md", "tex"]),
+        *expand(
+            "results/figures/{kind}_{dataset}_{bits}.{ext}",
+            kind=["pr", "topn"],
+            dataset=DATASETS,
+            bits=BITS,
+            ext=["png", "pdf"],
+        ),
+    ]

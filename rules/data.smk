@@ -1,0 +1,81 @@
+rule make_synthetic_dataset:
+    output:
+        manifest="resources/{dataset}/synthetic/manifest.tsv",
+        labels="resources/{dataset}/synthetic/labels.txt",
+        images=directory("resources/{dataset}/synthetic/images"),
+    log:
+        "logs/make_synthetic_dataset/{dataset}.log",
+    params:
+        synthetic=lambda wildcards: dataset_config(wildcards)["synthetic"],
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/egath.yaml"
+    script:
+        "../scripts/make_synthetic_dataset.py"
+
+
+rule download_dataset:
+    output:
+        done="resources/{dataset}/raw/download.done",
+    log:
+        "logs/download_dataset/{dataset}.log",
+    params:
+        source=lambda wildcards: dataset_config(wildcards)["source"],
+        protocol=lambda wildcards: dataset_config(wildcards)["protocol"],
+    threads: 1
+    resources:
+        downloads=1,
+        mem_mb=1000,
+        runtime=600,
+    localrule: True
+    conda:
+        "../envs/egath.yaml"
+    script:
+        "../scripts/download_dataset.py"
+
+
+rule prepare_dataset:
+    input:
+        done=rules.download_dataset.output.done,
+    output:
+        manifest="resources/{dataset}/prepared/manifest.tsv",
+        labels="resources/{dataset}/prepared/labels.txt",
+    log:
+        "logs/prepare_dataset/{dataset}.log",
+    params:
+        source=lambda wildcards: dataset_config(wildcards)["source"],
+        protocol=lambda wildcards: dataset_config(wildcards)["protocol"],
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../envs/egath.yaml"
+    script:
+        "../scripts/prepare_dataset.py"
+
+
+rule build_pairs:
+    input:
+        manifest=get_manifest,
+    output:
+        pairs="results/{dataset}/pairs.h5",
+    log:
+        "logs/build_pairs/{dataset}.log",
+    params:
+        dataset=lambda wildcards: wildcards.dataset,
+        bow_dim=lambda wildcards: dataset_config(wildcards)["bow_dim"],
+        n_query=lambda wildcards: dataset_config(wildcards)["n_query"],
+        n_train=lambda wildcards: dataset_config(wildcards)["n_train"],
+        split_seed=lambda wildcards: dataset_config(wildcards)["split_seed"],
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    conda:
+        "../envs/egath.yaml"
+    script:
+        "../scripts/build_pairs.py"

@@ -1,0 +1,56 @@
+rule tables:
+    input:
+        metrics=get_all_metrics(),
+    output:
+        csv=report(
+            "results/tables/map.csv",
+            caption="../report/map_table.rst",
+            category="Tables",
+        ),
+        md="results/tables/map.md",
+        tex="results/tables/map.tex",
+    log:
+        "logs/tables.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/egath.yaml"
+    script:
+        "../scripts/tables.py"
+
+
+rule figures:
+    input:
+        metrics=lambda wildcards: expand(
+            "results/{dataset}/{method}/{bits}/metrics.json",
+            dataset=wildcards.dataset,
+            method=METHODS,
+            bits=wildcards.bits,
+        ),
+    output:
+        pr_png=report(
+            "results/figures/pr_{dataset}_{bits}.png",
+            caption="../report/pr_curve.rst",
+            category="Precision-recall",
+            labels={"dataset": "{dataset}", "bits": "{bits}"},
+        ),
+        pr_pdf="results/figures/pr_{dataset}_{bits}.pdf",
+        topn_png=report(
+            "results/figures/topn_{dataset}_{bits}.png",
+            caption="../report/precision_at_n.rst",
+            category="Precision at N",
+            labels={"dataset": "{dataset}", "bits": "{bits}"},
+        ),
+        topn_pdf="results/figures/topn_{dataset}_{bits}.pdf",
+    log:
+        "logs/figures/{dataset}_{bits}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/egath.yaml"
+    script:
+        "../scripts/figures.py"

@@ -1,0 +1,23 @@
+rule train:
+    input:
+        pairs=rules.build_pairs.output.pairs,
+        features=get_features,
+        graph=rules.build_graph.output.graph,
+    output:
+        model="results/{dataset}/{method}/{bits}/model.pt",
+    log:
+        "logs/train/{dataset}/{method}/{bits}.log",
+    benchmark:
+        "results/benchmarks/train/{dataset}/{method}/{bits}.tsv"
+    params:
+        training=get_train_params,
+        device=config["device"],
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=720,
+    conda:
+        "../envs/egath.yaml"
+    script:
+        "../scripts/train.py"

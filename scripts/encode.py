@@ -1,0 +1,17 @@
+from egath.logs import setup_logging
+
+setup_logging(snakemake.log[0])
+
+import torch
+
+from egath.devices import select_device
+from egath.encoding import encode_dataset
+
+torch.set_num_threads(snakemake.threads)
+encode_dataset(
+    snakemake.input.model,
+    snakemake.input.pairs,
+    snakemake.input.features,
+    snakemake.output.codes,
+    device=select_device(snakemake.params.device),
+)

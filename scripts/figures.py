@@ -1,0 +1,10 @@
+from egath.logs import setup_logging
+
+setup_logging(snakemake.log[0])
+
+from egath.reporting import collect_metrics, plot_pr_curves, plot_precision_at_n
+
+metrics = collect_metrics(snakemake.input.metrics)
+dataset, bits = snakemake.wildcards.dataset, int(snakemake.wildcards.bits)
+plot_pr_curves(metrics, dataset, bits, snakemake.output.pr_png, snakemake.output.pr_pdf)
+plot_precision_at_n(metrics, dataset, bits, snakemake.output.topn_png, snakemake.output.topn_pdf)

@@ -1,0 +1,392 @@
+"""Tests for egath.features (CLIP feature extraction) with the tiny random-weight model."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from egath import features as F
+from egath.naming import encoder_slug
+
+MODEL = "egath-tiny-vit"
+N = 40
+COLOURS = [
+    (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255),
+    (255, 0, 255), (255, 255, 255), (0, 0, 0), (128, 64, 0), (64, 128, 255),
+]
+WORDS = ["sky", "red", "blue", "tree", "water", "cloud", "sun", "dog"]
+LABELS = ["sky", "tree", "water", "animal"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # The models are tiny: on a small shared machine, thread start-up and contention cost
+    # far more than they save.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_pairs(path, image_paths, texts, labels, label_names, n_query=4, n_train=8, seed=0):
+    """Write a pairs.h5 in the format of docs/formats.md."""
+    n = len(image_paths)
+    str_dt = h5py.string_dtype()
+    vocab = sorted({w for t in texts for w in t.split()})
+    bow = np.array([[w in t.split() for w in vocab] for t in texts], dtype=np.uint8)
+    perm = np.random.default_rng(seed).permutation(n)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("ids", data=[f"s{i:04d}" for i in range(n)], dtype=str_dt)
+        f.create_dataset("image_paths", data=[str(p) for p in image_paths], dtype=str_dt)
+        f.create_dataset("texts", data=list(texts), dtype=str_dt)
+        f.create_dataset("labels", data=np.asarray(labels, dtype=np.uint8))
+        f.create_dataset("label_names", data=list(label_names), dtype=str_dt)
+        f.create_dataset("bow", data=bow)
+        f.create_dataset("vocabulary", data=vocab, dtype=str_dt)
+        f.create_dataset("split/query", data=np.sort(perm[:n_query]).astype(np.int64))
+        f.create_dataset("split/database", data=np.sort(perm[n_query:]).astype(np.int64))
+        f.create_dataset(
+            "split/train", data=np.sort(perm[n_query:n_query + n_train]).astype(np.int64)
+        )
+        f.attrs.update(dataset="test", n_query=n_query, n_train=n_train, split_seed=seed)
+
+
+def make_dataset(root: Path, n=N):
+    """n PNG images (plain colours, with a shape on some) and their pairs.h5."""
+    img_dir = root / "images"
+    img_dir.mkdir(parents=True)
+    paths, texts, labels = [], [], []
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        im = Image.new("RGB", (64 + 8 * (i % 3), 64), COLOURS[i % len(COLOURS)])
+        if i % 2:
+            ImageDraw.Draw(im).ellipse((10, 10, 40, 40), fill=COLOURS[(i + 3) % len(COLOURS)])
+        p = img_dir / f"img{i:03d}.png"
+        im.save(p)
+        paths.append(p)
+        texts.append(" ".join(rng.choice(WORDS, size=1 + i % 5)))
+        labels.append([(i + k) % 3 == 0 for k in range(len(LABELS))])
+    pairs = root / "pairs.h5"
+    write_pairs(pairs, paths, texts, labels, LABELS)
+    return pairs, paths
+
+
+def read_features(path):
+    with h5py.File(path, "r") as f:
+        return {k: f[k][()] for k in ("image", "text", "label_text")}, dict(f.attrs)
+
+
+def assert_same(a, b):
+    for k in ("image", "text", "label_text"):
+        assert a[k].dtype == b[k].dtype == np.float16
+        assert np.array_equal(a[k].view(np.uint16), b[k].view(np.uint16)), k
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    pairs, paths = make_dataset(root)
+    ref = root / "ref.h5"
+    F.extract_features(pairs, ref, MODEL, "none", batch_size=8, num_workers=0, progress=False)
+    return pairs, paths, ref
+
+
+class CallCounter:
+    """Wraps a CLIP method: counts calls and optionally raises on call number `fail_at`."""
+
+    def __init__(self, monkeypatch, name, fail_at=None, exc=KeyboardInterrupt):
+        self.calls, self.fail_at, self.exc = 0, fail_at, exc
+        orig = getattr(open_clip.model.CLIP, name)
+
+        def wrapper(model, *a, **k):
+            self.calls += 1
+            if self.fail_at is not None and self.calls == self.fail_at:
+                raise self.exc("simulated interruption")
+            return orig(model, *a, **k)
+
+        monkeypatch.setattr(open_clip.model.CLIP, name, wrapper)
+
+
+# --------------------------------------------------------------------------- model
+
+
+def test_tiny_model_config_builds():
+    assert MODEL in F.register_model_configs()
+    F.register_model_configs()  # idempotent
+    assert open_clip.list_models().count(MODEL) == 1
+    model, _, preprocess = open_clip.create_model_and_transforms(MODEL, pretrained=None)
+    assert model.visual.image_size == (64, 64)
+    tok = open_clip.get_tokenizer(MODEL)
+    tokens = tok(["word " * 100, "a"])
+    assert tokens.shape == (2, 32) == (2, model.context_length)
+    with torch.no_grad():
+        assert model.encode_text(tokens).shape == (2, 64)
+        x = preprocess(Image.new("RGB", (80, 50), "red")).unsqueeze(0)
+        assert model.encode_image(x).shape == (1, 64)
+
+
+def test_load_clip_random_weights_are_seeded_and_leave_rng_alone():
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    m1, _, _ = F.load_clip(MODEL, None)
+    m2, _, tok = F.load_clip(MODEL, "none")
+    assert torch.equal(torch.get_rng_state(), state)
+    assert not m1.training
+    for (k, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert tok(["x"]).shape == (1, 32)
+
+
+def test_load_clip_local_checkpoint(tmp_path):
+    model, _, _ = F.load_clip(MODEL, None)
+    with torch.no_grad():
+        model.logit_scale.fill_(1.234)
+    ckpt = tmp_path / "my-weights.pt"
+    torch.save(model.state_dict(), ckpt)
+    loaded, _, _ = F.load_clip(MODEL, str(ckpt))
+    assert loaded.logit_scale.item() == pytest.approx(1.234)
+    assert encoder_slug(MODEL, str(ckpt)) == "egath-tiny-vit_my-weights"
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        F.load_clip(MODEL, str(tmp_path / "missing.pt"))
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError) as e:
+        F.load_clip("ViT-Q-99", "none")
+    msg = str(e.value)
+    assert "ViT-Q-99" in msg and "ViT-B-32" in msg
+
+
+def test_unknown_pretrained_tag():
+    with pytest.raises(ValueError, match="no-such-tag.*ViT-B-32"):
+        F.load_clip("ViT-B-32", "no-such-tag")
+
+
+def test_offline_download_error(monkeypatch):
+    def offline(*a, **k):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(open_clip.factory, "download_pretrained", offline)
+    with pytest.raises(RuntimeError) as e:
+        F.load_clip("ViT-B-32", "openai")
+    msg = str(e.value)
+    assert "ViT-B-32" in msg and "openai" in msg
+    assert "offline" in msg and "pretrained" in msg and "path" in msg
+
+
+def test_encoder_slug():
+    assert encoder_slug("ViT-B-32", "openai") == "ViT-B-32_openai"
+    assert encoder_slug(MODEL, None) == "egath-tiny-vit_none"
+    assert encoder_slug(MODEL, "none") == "egath-tiny-vit_none"
+    assert encoder_slug("ViT-B-32", "/w/clip/vit_b32.safetensors") == "ViT-B-32_vit_b32"
+    assert "/" not in encoder_slug("hf-hub:org/repo", None)
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+def test_output_format(data, tmp_path):
+    pairs, paths, ref = data
+    out = tmp_path / "features" / "tiny.h5"
+    # num_workers=2: the DataLoader worker path; must match the in-process reference.
+    F.extract_features(pairs, out, MODEL, None, batch_size=16, num_workers=2, progress=True)
+    assert out.exists() and not Path(str(out) + ".partial").exists()
+    with h5py.File(out, "r") as f:
+        assert f["image"].shape == (N, 64) and f["text"].shape == (N, 64)
+        assert f["label_text"].shape == (len(LABELS), 64)
+        for k in ("image", "text", "label_text"):
+            assert f[k].dtype == np.float16
+        assert f["image"].chunks == (N, 64) and f["text"].chunks == (N, 64)
+        a = dict(f.attrs)
+    assert a["model"] == MODEL and a["pretrained"] == "none"
+    assert bool(a["random_weights"]) is True
+    assert a["open_clip_version"] == open_clip.__version__
+    assert list(a["image_size"]) == [64, 64]
+    assert np.allclose(a["image_mean"], open_clip.OPENAI_DATASET_MEAN)
+    assert np.allclose(a["image_std"], open_clip.OPENAI_DATASET_STD)
+    assert "Normalize" in a["preprocess"]
+    assert a["embed_dim"] == 64 and a["n"] == N
+    assert not any(k in a for k in ("n_done_image", "n_done_text", "resume_key"))
+    feats, _ = read_features(out)
+    ref_feats, _ = read_features(ref)
+    assert_same(feats, ref_feats)  # batch 16 vs 8, workers vs none: same rows
+
+
+def test_features_deterministic_and_informative(data, tmp_path):
+    pairs, paths, ref = data
+    out = tmp_path / "again.h5"
+    F.extract_features(pairs, out, MODEL, "none", batch_size=8, num_workers=0, progress=False)
+    feats, attrs = read_features(out)
+    ref_feats, ref_attrs = read_features(ref)
+    assert_same(feats, ref_feats)
+    assert attrs["source_sha256"] == ref_attrs["source_sha256"]
+    img = feats["image"].astype(np.float32)
+    assert np.isfinite(img).all() and np.abs(img).max() > 0
+    # Rows 0 (red) and 2 (blue) are plain images of distinct colours; 0 and 10 are both red.
+    assert np.abs(img[0] - img[2]).max() > 1e-2
+    assert np.array_equal(img[0], img[10])
+    assert len({row.tobytes() for row in feats["text"]}) > 1
+    assert len({row.tobytes() for row in feats["label_text"]}) == len(LABELS)
+    # Raw embeddings, not unit length.
+    assert not np.allclose(np.linalg.norm(img, axis=1), 1.0, atol=1e-2)
+    # label_text is the text embedding of the prompt.
+    model, _, tok = F.load_clip(MODEL, "none")
+    with torch.inference_mode():
+        want = model.encode_text(tok([f"a photo of a {LABELS[1]}."])).numpy()
+    assert np.allclose(feats["label_text"][1].astype(np.float32), want[0], rtol=1e-2, atol=1e-3)
+
+
+def test_resume_after_interruptions(data, tmp_path, monkeypatch):
+    pairs, paths, ref = data
+    out = tmp_path / "resumed.h5"
+    partial = Path(str(out) + ".partial")
+    kw = dict(batch_size=8, num_workers=0, progress=False)  # 5 batches of images and texts
+
+    # 1: interrupted during the third image batch.
+    with monkeypatch.context() as m:
+        CallCounter(m, "encode_image", fail_at=3)
+        with pytest.raises(KeyboardInterrupt):
+            F.extract_features(pairs, out, MODEL, "none", **kw)
+    assert not out.exists() and partial.exists()
+    with h5py.File(partial, "r") as f:
+        assert f.attrs["n_done_image"] == 16 and f.attrs["n_done_text"] == 0
+
+    # 2: resumes at row 16 (3 image batches), then interrupted in the second text batch
+    # (encode_text call 1 encodes the label prompts).
+    with monkeypatch.context() as m:
+        img = CallCounter(m, "encode_image")
+        txt = CallCounter(m, "encode_text", fail_at=3, exc=RuntimeError)
+        with pytest.raises(RuntimeError, match="simulated"):
+            F.extract_features(pairs, out, MODEL, "none", **kw)
+        assert img.calls == 3
+    with h5py.File(partial, "r") as f:
+        assert f.attrs["n_done_image"] == N and f.attrs["n_done_text"] == 8
+
+    # 3: finishes the remaining 4 text batches without touching the images.
+    with monkeypatch.context() as m:
+        img = CallCounter(m, "encode_image")
+        txt = CallCounter(m, "encode_text")
+        F.extract_features(pairs, out, MODEL, "none", **kw)
+        assert img.calls == 0 and txt.calls == 1 + 4
+    assert out.exists() and not partial.exists()
+    assert_same(read_features(out)[0], read_features(ref)[0])
+
+
+def test_changed_settings_start_over(data, tmp_path, monkeypatch):
+    pairs, paths, ref = data
+    out = tmp_path / "restart.h5"
+    with monkeypatch.context() as m:
+        CallCounter(m, "encode_image", fail_at=3)
+        with pytest.raises(KeyboardInterrupt):
+            F.extract_features(pairs, out, MODEL, "none", batch_size=8, num_workers=0,
+                               progress=False)
+    with monkeypatch.context() as m:
+        img = CallCounter(m, "encode_image")
+        F.extract_features(pairs, out, MODEL, "none", batch_size=10, num_workers=0,
+                           progress=False)
+        assert img.calls == 4  # all 40 rows again, in batches of 10
+    with h5py.File(out, "r") as f:
+        assert f.attrs["batch_size"] == 10
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["TERM", "KILL"])
+def test_resume_after_kill(data, tmp_path, sig):
+    """A separate process (with DataLoader workers) is killed mid-run; the rerun resumes."""
+    pairs, paths, ref = data
+    out = tmp_path / "killed.h5"
+    partial = Path(str(out) + ".partial")
+    marker = tmp_path / "third-batch-started"
+    script = textwrap.dedent(f"""
+        import time, open_clip
+        from egath import features as F
+        orig, calls = open_clip.model.CLIP.encode_image, []
+        def slow(model, x):
+            calls.append(1)
+            if len(calls) == 3:
+                open({str(marker)!r}, "w").close()
+                time.sleep(60)
+            return orig(model, x)
+        open_clip.model.CLIP.encode_image = slow
+        F.extract_features({str(pairs)!r}, {str(out)!r}, {MODEL!r}, "none",
+                           batch_size=8, num_workers=2, progress=False)
+    """)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=str(Path(F.__file__).parents[1]))
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert proc.poll() is None, "extraction process ended early"
+            assert time.monotonic() < deadline, "extraction process too slow"
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not out.exists()
+    with h5py.File(partial, "r") as f:
+        assert f.attrs["n_done_image"] == 16
+    F.extract_features(pairs, out, MODEL, "none", batch_size=8, num_workers=0, progress=False)
+    assert_same(read_features(out)[0], read_features(ref)[0])
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_missing_image(tmp_path):
+    pairs, paths = make_dataset(tmp_path, n=12)
+    paths[7].unlink()
+    out = tmp_path / "out.h5"
+    with pytest.raises(F.FeatureInputError) as e:
+        F.extract_features(pairs, out, MODEL, "none", batch_size=4, num_workers=0,
+                           progress=False)
+    msg = str(e.value)
+    assert str(paths[7]) in msg and "row 7" in msg and "s0007" in msg
+    assert not out.exists() and not Path(str(out) + ".partial").exists()
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_corrupt_image(tmp_path, num_workers):
+    pairs, paths = make_dataset(tmp_path, n=12)
+    paths[9].write_bytes(paths[9].read_bytes()[:60])  # truncated PNG
+    out = tmp_path / "out.h5"
+    with pytest.raises(F.FeatureInputError) as e:
+        F.extract_features(pairs, out, MODEL, "none", batch_size=4, num_workers=num_workers,
+                           progress=False)
+    msg = str(e.value)
+    assert str(paths[9]) in msg and "row 9" in msg
+    assert not out.exists() and not Path(str(out) + ".partial").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "not-hdf5"])
+def test_bad_pairs_file(tmp_path, damage):
+    pairs, _ = make_dataset(tmp_path, n=6)
+    raw = pairs.read_bytes()
+    pairs.write_bytes(raw[: len(raw) // 2] if damage == "truncate" else b"id\timage\n")
+    out = tmp_path / "out.h5"
+    with pytest.raises(F.FeatureInputError, match=str(pairs)):
+        F.extract_features(pairs, out, MODEL, "none", num_workers=0, progress=False)
+    assert not out.exists() and not Path(str(out) + ".partial").exists()
+
+
+def test_pairs_file_missing_datasets(tmp_path):
+    pairs = tmp_path / "pairs.h5"
+    with h5py.File(pairs, "w") as f:
+        f["ids"] = np.array(["a"], dtype=h5py.string_dtype())
+    with pytest.raises(F.FeatureInputError, match="image_paths"):
+        F.extract_features(pairs, tmp_path / "o.h5", MODEL, "none", progress=False)

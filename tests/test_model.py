@@ -1,0 +1,345 @@
+"""Tests for egath.model (encoders, GAT label classifier, hash heads), egath.training (train,
+checkpoint and resume) and egath.encoding (codes.h5)."""
+
+import math
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from egath import training
+from egath.encoding import encode_dataset
+from egath.graph import build_graph, load_graph
+from egath.losses import binarize
+from egath.model import ModelConfig, build_model, model_from_checkpoint
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # tiny models on a small shared machine: threads cost more than they save
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------- GAT classifier
+
+# Directed graph with self-loops: node i attends to j where A_ij = 1.
+#   0 <- 1 (A_01 = 1, A_10 = 0), 2 <-> 3, 4 alone
+ADJ = torch.tensor([[1, 1, 0, 0, 0],
+                    [0, 1, 0, 0, 0],
+                    [0, 0, 1, 1, 0],
+                    [0, 0, 1, 1, 0],
+                    [0, 0, 0, 0, 1]], dtype=torch.uint8)
+
+
+def small_config(**overrides):
+    cfg = dict(image_dim=6, text_dim=5, n_labels=5, node_dim=3, bits=8, d_model=8, ff_dim=8,
+               feature_dim=4, gat_hidden=8, dropout=0.0)
+    cfg.update(overrides)
+    return ModelConfig(**cfg)
+
+
+def small_model(**overrides):
+    torch.manual_seed(0)
+    node_features = torch.randn(5, 3)
+    return build_model(small_config(**overrides), ADJ, node_features).eval()
+
+
+def prototypes_after_change(model, node, delta=3.0):
+    with torch.no_grad():
+        before = model.classifier.prototypes().clone()
+        model.classifier.node_features[node] += delta
+        after = model.classifier.prototypes().clone()
+        model.classifier.node_features[node] -= delta
+    return before, after
+
+
+def changed_rows(before, after):
+    return {i for i in range(before.shape[0]) if not torch.allclose(before[i], after[i], atol=1e-7)}
+
+
+def test_gat_neighbourhood():
+    model = small_model()
+    # node 1 is a neighbour of node 0 (A_01 = 1): changing g_1 changes P_0 and P_1 only
+    assert changed_rows(*prototypes_after_change(model, 1)) == {0, 1}
+    # node 0 is not a neighbour of node 1 (A_10 = 0): changing g_0 changes only P_0
+    assert changed_rows(*prototypes_after_change(model, 0)) == {0}
+    # 2 and 3 are neighbours of each other and of nobody else
+    assert changed_rows(*prototypes_after_change(model, 2)) == {2, 3}
+    assert changed_rows(*prototypes_after_change(model, 3)) == {2, 3}
+    # an isolated node (self-loop only) affects itself only
+    assert changed_rows(*prototypes_after_change(model, 4)) == {4}
+
+
+def test_gat_edges_follow_adjacency():
+    model = small_model()
+    source, target = model.classifier.edge_index
+    # messages go from j to i for each A_ij = 1
+    assert {(int(t), int(s)) for s, t in zip(source, target)} == {tuple(x) for x in ADJ.nonzero().tolist()}
+
+
+def test_output_shapes_and_ranges():
+    model = small_model()
+    image, text = torch.randn(7, 6), torch.rand(7, 5)
+    out = model(image, text)
+    assert set(out) == {"h_image", "h_text", "label_logits"}
+    assert out["h_image"].shape == (7, 8) and out["h_text"].shape == (7, 8)
+    assert out["label_logits"].shape == (7, 5)
+    assert out["h_image"].abs().max() < 1 and out["h_text"].abs().max() < 1
+    assert model.classifier.prototypes().shape == (5, 2 * 4)  # (C, 2 F)
+    torch.testing.assert_close(model.encode_image(image), out["h_image"])
+    torch.testing.assert_close(model.encode_text(text), out["h_text"])
+    # label scores = [F_I || F_T] P^T
+    fused = torch.cat([model.image_encoder(image), model.text_encoder(text)], dim=1)
+    torch.testing.assert_close(out["label_logits"], fused @ model.classifier.prototypes().T)
+
+
+def test_egath_g_has_no_classifier():
+    model = small_model(use_gat=False)
+    assert model.classifier is None
+    assert not any(name.startswith("classifier") for name in model.state_dict())
+    out = model(torch.randn(3, 6), torch.rand(3, 5))
+    assert set(out) == {"h_image", "h_text"}
+
+
+# --------------------------------------------------------------------------- training fixtures
+
+N, C, D_IMG, VOCAB = 60, 4, 8, 10
+N_QUERY, N_TRAIN = 12, 32
+PARAMS = dict(epochs=3, batch_size=16, d_model=16, ff_dim=16, feature_dim=16, gat_hidden=16,
+              lr=1e-3, seed=0)
+BITS = 8
+
+
+@pytest.fixture(scope="module")
+def data_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    labels = (rng.random((N, C)) < 0.35).astype(np.uint8)
+    labels[np.arange(N), rng.integers(C, size=N)] = 1
+    bow = ((labels @ rng.random((C, VOCAB)) + rng.random((N, VOCAB))) > 0.9).astype(np.uint8)
+    image = (labels @ rng.standard_normal((C, D_IMG)) + 0.3 * rng.standard_normal((N, D_IMG)))
+    order = np.random.default_rng(1).permutation(N)
+    s = h5py.string_dtype()
+    pairs = root / "pairs.h5"
+    with h5py.File(pairs, "w") as f:
+        f.attrs.update(dataset="tiny", n_query=N_QUERY, n_train=N_TRAIN, split_seed=1)
+        f.create_dataset("ids", data=[f"s{i}" for i in range(N)], dtype=s)
+        f.create_dataset("image_paths", data=[f"i{i}.png" for i in range(N)], dtype=s)
+        f.create_dataset("texts", data=["w"] * N, dtype=s)
+        f.create_dataset("labels", data=labels)
+        f.create_dataset("label_names", data=[f"l{i}" for i in range(C)], dtype=s)
+        f.create_dataset("bow", data=bow)
+        f.create_dataset("vocabulary", data=[f"w{i}" for i in range(VOCAB)], dtype=s)
+        f.create_dataset("split/query", data=np.sort(order[:N_QUERY]).astype(np.int64))
+        f.create_dataset("split/database", data=np.sort(order[N_QUERY:]).astype(np.int64))
+        f.create_dataset("split/train", data=np.sort(order[N_QUERY:N_QUERY + N_TRAIN]).astype(np.int64))
+    features = root / "features.h5"
+    with h5py.File(features, "w") as f:
+        f.attrs.update(model="tiny", pretrained="none")
+        f.create_dataset("image", data=image.astype(np.float16))
+        f.create_dataset("text", data=rng.standard_normal((N, D_IMG)).astype(np.float16))
+        f.create_dataset("label_text", data=rng.standard_normal((C, D_IMG)).astype(np.float16))
+    graph = root / "graph.h5"
+    build_graph(pairs, features, graph, 0.3)
+    return {"pairs": pairs, "features": features, "graph": graph, "labels": labels,
+            "query": np.sort(order[:N_QUERY]), "database": np.sort(order[N_QUERY:])}
+
+
+def run_train(files, out, method="egath", params=None, **kwargs):
+    return training.train(files["pairs"], files["features"], files["graph"], out, method, BITS,
+                          dict(params or PARAMS), dataset="tiny", **kwargs)
+
+
+@pytest.fixture(scope="module")
+def reference_run(data_files, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "model.pt"
+    result = run_train(data_files, out)
+    return out, result
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# --------------------------------------------------------------------------- training
+
+def test_training_is_deterministic(data_files, reference_run, tmp_path):
+    _, first = reference_run
+    second = run_train(data_files, tmp_path / "model.pt")
+    assert_same_state(first["state_dict"], second["state_dict"])
+    assert [h["total"] for h in first["history"]] == [h["total"] for h in second["history"]]
+
+
+def test_training_changes_the_weights_and_another_seed_differs(data_files, reference_run, tmp_path):
+    _, first = reference_run
+    other = run_train(data_files, tmp_path / "model.pt", params={**PARAMS, "epochs": 1, "seed": 1})
+    assert not torch.equal(first["state_dict"]["image_hash.weight"], other["state_dict"]["image_hash.weight"])
+
+
+def test_history_and_output_file(reference_run):
+    out, result = reference_run
+    history = result["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    for h in history:
+        for name in ("triplet", "quantization", "classification", "total"):
+            assert math.isfinite(h[name]), name
+        assert h["total"] > 0
+    # learning rate decays from lr towards lr_min: lr * (lr_min / lr)^(e / epochs)
+    decay = (1e-6 / 1e-3) ** (1 / 3)
+    for e, h in enumerate(history):
+        assert h["lr"] == pytest.approx(1e-3 * decay ** e)
+    assert not (out.parent / "model.pt.ckpt").exists()
+    saved = torch.load(out, weights_only=False)
+    assert saved["method"] == "egath" and saved["bits"] == BITS and saved["dataset"] == "tiny"
+    assert saved["config"]["epochs"] == 3 and saved["config"]["d_model"] == 16
+    assert saved["model_config"]["n_labels"] == C and saved["model_config"]["image_dim"] == D_IMG
+    assert saved["model_config"]["text_dim"] == VOCAB
+    assert len(saved["history"]) == 3
+    assert_same_state(saved["state_dict"], result["state_dict"])
+
+
+def test_interrupted_run_resumes_to_the_same_state(data_files, reference_run, tmp_path, monkeypatch):
+    _, uninterrupted = reference_run
+    out = tmp_path / "model.pt"
+    real = training.update_codes
+    calls = {"n": 0}
+
+    def fail_on_second_call(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated interruption in epoch 2")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "update_codes", fail_on_second_call)
+    with pytest.raises(RuntimeError, match="simulated interruption"):
+        run_train(data_files, out)
+    monkeypatch.setattr(training, "update_codes", real)
+    ckpt_path = tmp_path / "model.pt.ckpt"
+    assert ckpt_path.exists() and not out.exists()
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    assert ckpt["epoch"] == 1 and len(ckpt["history"]) == 1
+
+    # scramble the global RNG: the resumed run must restore it from the checkpoint
+    torch.manual_seed(12345)
+    resumed = run_train(data_files, out)
+    assert_same_state(uninterrupted["state_dict"], resumed["state_dict"])
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    for a, b in zip(uninterrupted["history"], resumed["history"]):
+        assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+    assert not ckpt_path.exists()
+
+
+def test_checkpoint_of_other_settings_is_ignored(data_files, reference_run, tmp_path, monkeypatch):
+    _, uninterrupted = reference_run
+    out = tmp_path / "model.pt"
+    # a finished checkpoint from a run with another seed must not be resumed
+    other = tmp_path / "other.pt"
+    real = training.update_codes
+
+    calls = {"n": 0}
+
+    def stop_second(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated interruption")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "update_codes", stop_second)
+    with pytest.raises(RuntimeError, match="simulated interruption"):
+        run_train(data_files, other, params={**PARAMS, "seed": 7})
+    monkeypatch.setattr(training, "update_codes", real)
+    (tmp_path / "other.pt.ckpt").rename(tmp_path / "model.pt.ckpt")
+    result = run_train(data_files, out)
+    assert_same_state(uninterrupted["state_dict"], result["state_dict"])
+
+
+def test_unknown_training_parameter(data_files, tmp_path):
+    with pytest.raises(ValueError, match="learning_rate"):
+        run_train(data_files, tmp_path / "model.pt", params={"epochs": 1, "learning_rate": 0.1})
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_unknown_method(data_files, tmp_path):
+    with pytest.raises(ValueError, match="egath-x"):
+        run_train(data_files, tmp_path / "model.pt", method="egath-x")
+
+
+def test_egath_t_has_no_triplet_term(data_files, tmp_path):
+    result = run_train(data_files, tmp_path / "model.pt", method="egath-t", params={**PARAMS, "epochs": 1})
+    (h,) = result["history"]
+    assert "triplet" not in h and math.isfinite(h["classification"])
+    # total = quantization + classification (weights 1, 1)
+    assert h["total"] == pytest.approx(h["quantization"] + h["classification"], rel=1e-5)
+
+
+# --------------------------------------------------------------------------- checkpoint / encoding
+
+def reference_model(result, graph_path):
+    graph = load_graph(graph_path)
+    model = build_model(ModelConfig(**result["model_config"]), graph.adjacency, graph.node_features)
+    model.load_state_dict(result["state_dict"])
+    return model.eval()
+
+
+def test_model_from_checkpoint_reproduces_codes(data_files, reference_run):
+    out, result = reference_run
+    direct = reference_model(result, data_files["graph"])
+    rebuilt = model_from_checkpoint(torch.load(out, weights_only=False)).eval()
+    data = training.load_split(data_files["pairs"], data_files["features"], "database")
+    with torch.no_grad():
+        for a, b in ((direct.encode_image(data.image), rebuilt.encode_image(data.image)),
+                     (direct.encode_text(data.text), rebuilt.encode_text(data.text))):
+            assert torch.equal(binarize(a), binarize(b))
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(direct.classifier.prototypes(), rebuilt.classifier.prototypes())
+    # the rebuilt graph is the graph trained on
+    graph = load_graph(data_files["graph"])
+    torch.testing.assert_close(rebuilt.classifier.node_features, torch.from_numpy(graph.node_features))
+    source, target = rebuilt.classifier.edge_index
+    adjacency = np.zeros((C, C), np.uint8)
+    adjacency[target.numpy(), source.numpy()] = 1
+    np.testing.assert_array_equal(adjacency, graph.adjacency)
+
+
+def test_encode_dataset(data_files, reference_run, tmp_path):
+    out, result = reference_run
+    codes_path = encode_dataset(out, data_files["pairs"], data_files["features"], tmp_path / "codes.h5",
+                                batch_size=7)  # batches not aligned to the row counts
+    direct = reference_model(result, data_files["graph"])
+    n_db = N - N_QUERY
+    with h5py.File(codes_path, "r") as f:
+        assert f.attrs["method"] == "egath" and f.attrs["bits"] == BITS and f.attrs["dataset"] == "tiny"
+        for split, rows in (("query", data_files["query"]), ("database", data_files["database"])):
+            n = N_QUERY if split == "query" else n_db
+            for modality in ("image", "text"):
+                codes = f[f"{split}/{modality}"][:]
+                assert codes.dtype == np.int8 and codes.shape == (n, BITS)
+                assert set(np.unique(codes)) <= {-1, 1}
+            labels = f[f"{split}/labels"][:]
+            assert labels.dtype == np.uint8
+            np.testing.assert_array_equal(labels, data_files["labels"][rows])
+            data = training.load_split(data_files["pairs"], data_files["features"], split)
+            with torch.no_grad():
+                want_image = binarize(direct.encode_image(data.image)).to(torch.int8).numpy()
+                want_text = binarize(direct.encode_text(data.text)).to(torch.int8).numpy()
+            np.testing.assert_array_equal(f[f"{split}/image"][:], want_image)
+            np.testing.assert_array_equal(f[f"{split}/text"][:], want_text)
+
+
+def test_egath_g_train_checkpoint_and_encode(data_files, tmp_path):
+    out = tmp_path / "model.pt"
+    result = run_train(data_files, out, method="egath-g", params={**PARAMS, "epochs": 1})
+    assert "classification" not in result["history"][0]
+    assert not any(k.startswith("classifier") for k in result["state_dict"])
+    model = model_from_checkpoint(torch.load(out, weights_only=False))
+    assert model.classifier is None
+    encode_dataset(out, data_files["pairs"], data_files["features"], tmp_path / "codes.h5")
+    with h5py.File(tmp_path / "codes.h5", "r") as f:
+        assert f["query/image"].shape == (N_QUERY, BITS)
+        assert set(np.unique(f["database/text"][:])) <= {-1, 1}

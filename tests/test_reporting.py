@@ -1,0 +1,139 @@
+"""Tables and figures written from metrics dicts built here."""
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from egath import reporting as R
+
+
+def _task(map_value, bits):
+    radius = list(range(bits + 1))
+    recall = np.linspace(0.05, 1.0, bits + 1)
+    return {"map": map_value, "map_tie_aware": map_value - 0.01,
+            "pr": {"radius": radius, "precision": list(1.0 - 0.5 * recall),
+                   "recall": list(recall)},
+            "precision_at_n": {"n": [50, 100, 200], "precision": [0.9, 0.8, 0.7]}}
+
+
+def _metrics(dataset, method, bits, i2t, t2i):
+    return {"dataset": dataset, "method": method, "bits": bits,
+            "protocol": {"tie_rule": "database index"},
+            "tasks": {"i2t": _task(i2t, bits), "t2i": _task(t2i, bits)}}
+
+
+# (dataset, method, bits, i2t, t2i): best i2t/flickr/16 is dcmh, best t2i/flickr/16 is egath
+MAPS = [("flickr", "egath", 16, 0.80, 0.85), ("flickr", "dcmh", 16, 0.82, 0.70),
+        ("flickr", "egath", 32, 0.84, 0.86), ("flickr", "dcmh", 32, 0.75, 0.71),
+        ("coco", "egath", 16, 0.60, 0.61), ("coco", "dcmh", 16, 0.55, 0.66)]
+REFERENCE = [{"dataset": "flickr", "method": "EGATH-paper", "bits": 16, "task": "i2t",
+              "map": 0.99, "source": "Duan et al. 2024"}]
+
+
+@pytest.fixture
+def metrics():
+    return [_metrics(*m) for m in MAPS]
+
+
+def test_collect_metrics_reads_files(tmp_path, metrics):
+    paths = []
+    for i, m in enumerate(metrics[:2]):
+        p = tmp_path / f"m{i}.json"
+        p.write_text(json.dumps(m))
+        paths.append(p)
+    assert R.collect_metrics(paths) == metrics[:2]
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(ValueError, match="bad.json"):
+        R.collect_metrics([bad])
+
+
+def test_map_table_csv(tmp_path, metrics):
+    paths = [tmp_path / n for n in ("map.csv", "map.md", "map.tex")]
+    R.write_map_table(metrics, *paths, reference=REFERENCE)
+    with open(paths[0], newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["dataset", "method", "bits", "task", "map", "map_tie_aware"]
+    assert len(rows) == len(MAPS) * 2  # measured rows only
+    keys = [(r["dataset"], r["method"], int(r["bits"]), r["task"]) for r in rows]
+    assert keys == sorted(keys)
+    expected = {(d, m, b, "i2t"): a for d, m, b, a, _ in MAPS}
+    expected |= {(d, m, b, "t2i"): t for d, m, b, _, t in MAPS}
+    for r, k in zip(rows, keys):
+        assert float(r["map"]) == pytest.approx(expected[k])
+        assert float(r["map_tie_aware"]) == pytest.approx(expected[k] - 0.01)
+    assert not [p for p in tmp_path.iterdir() if p.name not in {"map.csv", "map.md", "map.tex"}]
+
+
+def _md_cells(text):
+    lines = [l for l in text.splitlines() if l.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    body = {}
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        body[cells[0]] = dict(zip(header[1:], cells[1:]))
+    return header, body
+
+
+def test_markdown_bold_on_column_maximum(tmp_path, metrics):
+    R.write_map_table(metrics, tmp_path / "a.csv", tmp_path / "a.md", tmp_path / "a.tex",
+                      reference=REFERENCE)
+    text = (tmp_path / "a.md").read_text()
+    header, body = _md_cells(text)
+    assert header[1:] == ["coco i2t 16", "coco t2i 16", "flickr i2t 16", "flickr i2t 32",
+                          "flickr t2i 16", "flickr t2i 32"]
+    assert set(body) == {"dcmh", "egath", "EGATH-paper†"}
+    for col in header[1:]:
+        measured = {m: body[m][col] for m in ("dcmh", "egath")}
+        values = {m: float(v.strip("*")) for m, v in measured.items()}
+        best = max(values.values())
+        for m, v in measured.items():
+            assert v.startswith("**") == (values[m] == best), (col, m, v)
+    # the published 0.99 beats every measured value but is not bold
+    assert body["EGATH-paper†"]["flickr i2t 16"] == "0.9900"
+    assert body["EGATH-paper†"]["coco i2t 16"] == "–"
+    assert body["dcmh"]["flickr i2t 16"] == "**0.8200**"
+    assert "† EGATH-paper: reported in Duan et al. 2024, different protocol" in text
+
+
+def test_latex_bold_on_column_maximum(tmp_path, metrics):
+    R.write_map_table(metrics, tmp_path / "a.csv", tmp_path / "a.md", tmp_path / "a.tex",
+                      reference=REFERENCE)
+    tex = (tmp_path / "a.tex").read_text()
+    assert tex.startswith(r"\begin{tabular}") and r"\toprule" in tex and r"\bottomrule" in tex
+    rows = {}
+    for line in tex.splitlines():
+        if line.endswith(r"\\") and not line.startswith((" &", "method")):
+            cells = [c.strip() for c in line[:-2].split("&")]
+            rows[cells[0]] = cells[1:]
+    assert set(rows) == {"dcmh", "egath", r"EGATH-paper\textsuperscript{\dag}"}
+    for j in range(6):
+        values = {m: rows[m][j] for m in ("dcmh", "egath")}
+        nums = {m: float(re.sub(r"[^0-9.]", "", v)) for m, v in values.items()}
+        best = max(nums.values())
+        for m, v in values.items():
+            assert v.startswith(r"\textbf{") == (nums[m] == best)
+    assert r"\textbf" not in rows[r"EGATH-paper\textsuperscript{\dag}"][2]
+    assert "different protocol" in tex
+    assert tex.count(r"\multicolumn{4}{c}{flickr}") == 1
+
+
+def test_duplicate_metrics_rejected(tmp_path, metrics):
+    with pytest.raises(ValueError, match="duplicate"):
+        R.write_map_table(metrics + metrics[:1], tmp_path / "a.csv", tmp_path / "a.md",
+                          tmp_path / "a.tex")
+
+
+@pytest.mark.parametrize("plot", [R.plot_pr_curves, R.plot_precision_at_n])
+def test_figures_are_valid_png_and_pdf(tmp_path, metrics, plot):
+    png, pdf = tmp_path / "f.png", tmp_path / "f.pdf"
+    plot(metrics, "flickr", 16, png, pdf)
+    image = imread(png)
+    assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 400
+    assert pdf.read_bytes().startswith(b"%PDF")
+    with pytest.raises(ValueError, match="no metrics"):
+        plot(metrics, "flickr", 128, tmp_path / "g.png", tmp_path / "g.pdf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.pdf", "f.png"]

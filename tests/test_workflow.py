@@ -1,0 +1,176 @@
+"""Real Snakemake runs of the workflow on a tiny synthetic dataset."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+BITS = [8, 16]
+
+TINY_CONFIG = {
+    "datasets": {
+        "tiny": {
+            "source": "synthetic",
+            "synthetic": {"n_pairs": 120, "seed": 3, "image_size": 32},
+            "n_query": 20,
+            "n_train": 60,
+            "split_seed": 1,
+            "bow_dim": 50,
+        }
+    },
+    "bits": BITS,
+    "methods": ["egath"],
+    "clip": {"model": "egath-tiny-vit", "pretrained": "none", "batch_size": 64, "num_workers": 0},
+    "device": "cpu",
+    "training": {"epochs": 2, "batch_size": 16, "d_model": 16, "ff_dim": 16, "feature_dim": 16,
+                 "gat_hidden": 16},
+}
+
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(workdir: Path, *args: str, config: Path | None = None, check: bool = True):
+    cmd = [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
+    if config is not None:
+        cmd += ["--configfile", str(config), "--replace-workflow-config"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(cmd + list(args), capture_output=True, text=True, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd + list(args))} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def planned_jobs(result) -> dict[str, int]:
+    """Job counts from the 'Job stats' table of a dry run."""
+    counts = {}
+    for line in (result.stdout + result.stderr).splitlines():
+        match = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
+        if match and match.group(1) != "total":
+            counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+def brute_force_map(query, database, query_labels, database_labels) -> float:
+    aps = []
+    for q, ql in zip(query.astype(int), query_labels):
+        distance = (query.shape[1] - database.astype(int) @ q) / 2
+        relevant = (database_labels @ ql > 0)[np.argsort(distance, kind="stable")]
+        if relevant.any():
+            hits = np.cumsum(relevant)[relevant]
+            aps.append(np.mean(hits / (np.flatnonzero(relevant) + 1)))
+    return float(np.mean(aps))
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("workflow")
+    config = write_config(workdir / "tiny.yaml", TINY_CONFIG)
+    snakemake(workdir, "--cores", "2", config=config)
+    return workdir, config
+
+
+def test_table_has_one_row_per_run_and_matches_the_codes(demo_run):
+    workdir, _ = demo_run
+    with open(workdir / "results/tables/map.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {"dataset", "method", "bits", "task", "map"} <= set(rows[0])
+    assert sorted((r["dataset"], r["method"], int(r["bits"]), r["task"]) for r in rows) == sorted(
+        ("tiny", "egath", b, t) for b in BITS for t in ("i2t", "t2i"))
+    for row in rows:
+        run = workdir / f"results/tiny/egath/{row['bits']}"
+        with h5py.File(run / "codes.h5") as codes:
+            image_query = "query/image" if row["task"] == "i2t" else "query/text"
+            text_db = "database/text" if row["task"] == "i2t" else "database/image"
+            expected = brute_force_map(codes[image_query][:], codes[text_db][:],
+                                       codes["query/labels"][:], codes["database/labels"][:])
+        assert float(row["map"]) == pytest.approx(expected, abs=1e-6)
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["tasks"][row["task"]]["map"] == pytest.approx(float(row["map"]), abs=1e-6)
+        assert metrics["protocol"]["n_query"] == 20
+
+
+def test_stages_write_what_the_next_stage_reads(demo_run):
+    workdir, _ = demo_run
+    with h5py.File(workdir / "results/tiny/pairs.h5") as pairs:
+        assert pairs["labels"].shape == (120, 8)
+        assert len(pairs["split/query"]) == 20 and len(pairs["split/train"]) == 60
+    with h5py.File(workdir / "results/tiny/features/egath-tiny-vit_none.h5") as features:
+        assert features["image"].dtype == np.float16
+        assert features["image"].shape == (120, 64)
+        assert features.attrs["model"] == "egath-tiny-vit"
+    with h5py.File(workdir / "results/tiny/graph.h5") as graph:
+        assert graph["adjacency"].shape == (8, 8)
+        assert np.all(np.diag(graph["adjacency"][:]) == 1)
+    with h5py.File(workdir / "results/tiny/egath/16/codes.h5") as codes:
+        assert codes["query/image"].shape == (20, 16)
+        assert set(np.unique(codes["database/text"][:])) <= {-1, 1}
+    figure = workdir / "results/figures/pr_tiny_8.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    log = (workdir / "logs/train/tiny/egath/8.log").read_text()
+    assert "epoch 2/2" in log
+
+
+def test_second_run_has_nothing_to_do(demo_run):
+    workdir, config = demo_run
+    result = snakemake(workdir, "-n", config=config)
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_changing_one_training_parameter_reruns_only_that_job(demo_run, tmp_path):
+    workdir, _ = demo_run
+    changed = {**TINY_CONFIG, "train_overrides": [{"dataset": "tiny", "bits": 16, "params": {"margin": 0.3}}]}
+    config = write_config(tmp_path / "changed.yaml", changed)
+    result = snakemake(workdir, "-n", config=config)
+    assert planned_jobs(result) == {"train": 1, "encode": 1, "evaluate": 1, "tables": 1, "figures": 1, "all": 1}
+    assert "results/tiny/egath/16/model.pt" in result.stdout + result.stderr
+    changes = snakemake(workdir, "--list-changes", "params", config=config)
+    assert changes.stdout.split() == ["results/tiny/egath/16/model.pt"]
+
+
+def test_report_holds_the_table_and_figures(demo_run):
+    workdir, config = demo_run
+    snakemake(workdir, "--report", "report.html", config=config)
+    html = (workdir / "report.html").read_text(errors="replace")
+    assert "map.csv" in html and "pr_tiny_16.png" in html
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"unknown_key": 1}, "unknown_key"),
+    ({"bits": ["sixteen"]}, "sixteen"),
+    ({"training": {"epochs": "many"}}, "many"),
+])
+def test_bad_config_is_refused_with_the_key_named(tmp_path, change, message):
+    config = write_config(tmp_path / "bad.yaml", {**TINY_CONFIG, **change})
+    result = snakemake(tmp_path, "-n", config=config, check=False)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_default_config_plans_the_paper_grid_offline(tmp_path):
+    result = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config.yaml"))
+    jobs = planned_jobs(result)
+    assert jobs["train"] == 9 and jobs["download_dataset"] == 3 and jobs["extract_features"] == 3
+
+
+def test_lint_is_clean():
+    for args in ([], ["--configfile", str(REPO / "configs/demo.yaml"), "--replace-workflow-config"]):
+        result = subprocess.run([str(SNAKEMAKE), "--lint", *args], cwd=REPO, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Lints for" not in result.stdout + result.stderr
