@@ -387,6 +387,16 @@ def _precision_at_n(stats: dict, ns: tuple[int, ...]) -> dict:
 
 # --------------------------------------------------------------------------- files
 
+def random_codes_map(query_labels, database_labels, bits: int, seed: int = 0, *,
+                     threads: int | None = None) -> float:
+    """mAP of uniformly random codes on the same labels and sizes: the chance level that a
+    trained model's mAP is read against."""
+    rng = np.random.default_rng(seed)
+    query = rng.integers(0, 2, (len(query_labels), bits))
+    database = rng.integers(0, 2, (len(database_labels), bits))
+    return mean_average_precision(query, database, query_labels, database_labels, threads=threads)
+
+
 def _evaluate(problem: _Problem, ns, threads) -> dict:
     ns = _valid_ns(ns, problem.n_db)
     stats = _scan(problem, want_ap=True, want_hist=True, ns=ns, threads=threads)
@@ -404,8 +414,9 @@ def evaluate_codes(codes_h5_path, ns=DEFAULT_NS, *, threads: int | None = None) 
     """Evaluate a codes.h5 file; returns the "tasks" part of metrics.json.
 
     {"i2t": {...}, "t2i": {...}}: i2t ranks the text database for image queries, t2i the
-    image database for text queries. Each holds map, map_tie_aware, pr (radius, precision,
-    recall) and precision_at_n (n, precision) as plain Python numbers and lists.
+    image database for text queries. Each holds map, map_tie_aware, map_random_codes (the
+    chance level), pr (radius, precision, recall) and precision_at_n (n, precision) as plain
+    Python numbers and lists.
     """
     from egath.io import open_h5
 
@@ -418,6 +429,8 @@ def evaluate_codes(codes_h5_path, ns=DEFAULT_NS, *, threads: int | None = None) 
         problem = _Problem(data[f"query/{q}"], data[f"database/{d}"],
                            data["query/labels"], data["database/labels"])
         tasks[task] = _evaluate(problem, ns, threads)
+        tasks[task]["map_random_codes"] = random_codes_map(
+            data["query/labels"], data["database/labels"], problem.bits, seed=len(tasks), threads=threads)
     return tasks
 
 

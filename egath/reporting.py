@@ -20,7 +20,8 @@ COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F
            "#000000")
 LINESTYLES = ("-", "--", "-.", ":")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-CSV_COLUMNS = ("dataset", "method", "bits", "task", "map", "map_tie_aware")
+CSV_COLUMNS = ("dataset", "method", "bits", "task", "map", "map_tie_aware", "map_random_codes")
+CHANCE_ROW = "random codes"
 DAGGER = "†"
 
 
@@ -45,8 +46,8 @@ def _rows(metrics) -> list[dict]:
             if key in seen:
                 raise ValueError(f"duplicate metrics for {key}")
             seen.add(key)
-            rows.append(dict(zip(CSV_COLUMNS, (*key, float(values["map"]),
-                                               float(values["map_tie_aware"])))))
+            rows.append(dict(zip(CSV_COLUMNS, (*key, float(values["map"]), float(values["map_tie_aware"]),
+                                               float(values["map_random_codes"])))))
     return sorted(rows, key=lambda r: (r["dataset"], r["method"], r["bits"], r["task"]))
 
 
@@ -66,9 +67,11 @@ def write_map_table(metrics, csv_path, md_path, tex_path, reference=None) -> lis
     """Write the mAP table as CSV (long format) plus Markdown and LaTeX pivot tables.
 
     map.csv: one row per dataset x method x bits x task of `metrics`, sorted, with columns
-    dataset, method, bits, task, map, map_tie_aware (measured results only).
+    dataset, method, bits, task, map, map_tie_aware, map_random_codes (measured results only;
+    the last is the chance level of random codes on the same sets).
     Markdown / LaTeX (booktabs): rows = methods, columns = dataset x task x bits; the best
-    measured value of each column is bold. `reference` is an optional list of dicts
+    measured value of each column is bold, and a "random codes" row gives the chance level.
+    `reference` is an optional list of dicts
     {dataset, method, bits, task, map, source}: published numbers, shown as extra rows with the
     method name marked by a dagger and a footnote naming the source; they are never bold.
     Returns the CSV rows.
@@ -78,8 +81,7 @@ def write_map_table(metrics, csv_path, md_path, tex_path, reference=None) -> lis
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, lineterminator="\n")
             writer.writeheader()
-            writer.writerows({**r, "map": f"{r['map']:.6f}",
-                              "map_tie_aware": f"{r['map_tie_aware']:.6f}"} for r in rows)
+            writer.writerows({**r, **{key: f"{r[key]:.6f}" for key in CSV_COLUMNS[4:]}} for r in rows)
 
     reference = list(reference or [])
     columns = sorted({(r["dataset"], r["task"], r["bits"]) for r in rows}
@@ -109,10 +111,14 @@ def write_map_table(metrics, csv_path, md_path, tex_path, reference=None) -> lis
         cells = [measured.get((m, *col)) for col in columns]
         table.append((m, False, cells,
                       [v is not None and fmt(v) == best[col] for v, col in zip(cells, columns)]))
+    chance = {(r["dataset"], r["task"], r["bits"]): r["map_random_codes"] for r in rows}
+    table.append((CHANCE_ROW, True, [chance.get(col) for col in columns], [False] * len(columns)))
     for m in ref_methods:
         table.append((m, True, [ref_values.get((m, *col)) for col in columns],
                       [False] * len(columns)))
-    notes = [f"{m}: reported in {'; '.join(sources[m])}, different protocol" for m in ref_methods]
+    notes = [f"{CHANCE_ROW}: uniformly random codes on the same query and database sets "
+             "(chance level), not a method"]
+    notes += [f"{m}: reported in {'; '.join(sources[m])}, different protocol" for m in ref_methods]
 
     _write_text(md_path, _markdown(table, columns, notes, fmt))
     _write_text(tex_path, _latex(table, columns, notes, fmt))

@@ -313,6 +313,14 @@ def test_split_larger_than_data_is_rejected(tmp_path, n_query, n_train):
     assert_nothing_written(out_dir)
 
 
+def test_split_size_error_names_the_manifest(tmp_path):
+    manifest = write_manifest(tmp_path / "m", HAND_ROWS)
+    with pytest.raises(ValueError) as info:
+        build_pairs(manifest, tmp_path / "out" / "pairs.h5", "bad", bow_dim=5, n_query=3, n_train=3,
+                    split_seed=0)
+    assert str(manifest) in str(info.value)
+
+
 def test_split_that_exactly_fits_is_accepted(tmp_path):
     manifest = write_manifest(tmp_path / "m", HAND_ROWS)
     build_pairs(manifest, tmp_path / "p.h5", "fit", bow_dim=5, n_query=2, n_train=3, split_seed=0)

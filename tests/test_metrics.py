@@ -336,7 +336,10 @@ def test_evaluate_codes_and_write_metrics(tmp_path):
     for task, q, db in (("i2t", d["query/image"], d["database/text"]),
                         ("t2i", d["query/text"], d["database/image"])):
         t = tasks[task]
-        assert set(t) == {"map", "map_tie_aware", "pr", "precision_at_n"}
+        assert set(t) == {"map", "map_tie_aware", "map_random_codes", "pr", "precision_at_n"}
+        chance = np.mean([ref_map(rng.integers(0, 2, q.shape), rng.integers(0, 2, db.shape), ql, dl)
+                          for rng in map(np.random.default_rng, range(20))])
+        assert abs(t["map_random_codes"] - chance) < 0.1  # one draw against the mean of 20
         assert t["map"] == pytest.approx(ref_map(q, db, ql, dl), abs=1e-12)
         assert t["map_tie_aware"] == pytest.approx(ref_tie_aware_direct(q, db, ql, dl), abs=1e-12)
         assert t["pr"]["radius"] == list(range(17))

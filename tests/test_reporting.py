@@ -13,7 +13,7 @@ from egath import reporting as R
 def _task(map_value, bits):
     radius = list(range(bits + 1))
     recall = np.linspace(0.05, 1.0, bits + 1)
-    return {"map": map_value, "map_tie_aware": map_value - 0.01,
+    return {"map": map_value, "map_tie_aware": map_value - 0.01, "map_random_codes": 0.25,
             "pr": {"radius": radius, "precision": list(1.0 - 0.5 * recall),
                    "recall": list(recall)},
             "precision_at_n": {"n": [50, 100, 200], "precision": [0.9, 0.8, 0.7]}}
@@ -56,7 +56,7 @@ def test_map_table_csv(tmp_path, metrics):
     R.write_map_table(metrics, *paths, reference=REFERENCE)
     with open(paths[0], newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["dataset", "method", "bits", "task", "map", "map_tie_aware"]
+    assert list(rows[0]) == ["dataset", "method", "bits", "task", "map", "map_tie_aware", "map_random_codes"]
     assert len(rows) == len(MAPS) * 2  # measured rows only
     keys = [(r["dataset"], r["method"], int(r["bits"]), r["task"]) for r in rows]
     assert keys == sorted(keys)
@@ -65,6 +65,7 @@ def test_map_table_csv(tmp_path, metrics):
     for r, k in zip(rows, keys):
         assert float(r["map"]) == pytest.approx(expected[k])
         assert float(r["map_tie_aware"]) == pytest.approx(expected[k] - 0.01)
+        assert float(r["map_random_codes"]) == pytest.approx(0.25)
     assert not [p for p in tmp_path.iterdir() if p.name not in {"map.csv", "map.md", "map.tex"}]
 
 
@@ -85,7 +86,8 @@ def test_markdown_bold_on_column_maximum(tmp_path, metrics):
     header, body = _md_cells(text)
     assert header[1:] == ["coco i2t 16", "coco t2i 16", "flickr i2t 16", "flickr i2t 32",
                           "flickr t2i 16", "flickr t2i 32"]
-    assert set(body) == {"dcmh", "egath", "EGATH-paper†"}
+    assert set(body) == {"dcmh", "egath", "random codes†", "EGATH-paper†"}
+    assert set(body["random codes†"].values()) == {"0.2500"}  # chance level, never bold
     for col in header[1:]:
         measured = {m: body[m][col] for m in ("dcmh", "egath")}
         values = {m: float(v.strip("*")) for m, v in measured.items()}
@@ -109,7 +111,8 @@ def test_latex_bold_on_column_maximum(tmp_path, metrics):
         if line.endswith(r"\\") and not line.startswith((" &", "method")):
             cells = [c.strip() for c in line[:-2].split("&")]
             rows[cells[0]] = cells[1:]
-    assert set(rows) == {"dcmh", "egath", r"EGATH-paper\textsuperscript{\dag}"}
+    assert set(rows) == {"dcmh", "egath", r"random codes\textsuperscript{\dag}",
+                         r"EGATH-paper\textsuperscript{\dag}"}
     for j in range(6):
         values = {m: rows[m][j] for m in ("dcmh", "egath")}
         nums = {m: float(re.sub(r"[^0-9.]", "", v)) for m, v in values.items()}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,9 @@ from egath.io import atomic_output
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ("id", "image", "text", "labels")
-_WORD = re.compile(r"[a-z0-9]+")
+# Edge punctuation of a whitespace-separated word; inner characters stay, so multi-word tags
+# such as "plant_life" or "new-york" remain one vocabulary entry.
+_PUNCTUATION = "\"'.,;:!?()[]{}<>"
 
 
 @dataclass
@@ -33,7 +34,8 @@ class Manifest:
 
 
 def tokenize(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
+    words = (word.strip(_PUNCTUATION) for word in text.lower().split())
+    return [word for word in words if word]
 
 
 def read_label_names(path: str | Path) -> list[str]:
@@ -141,7 +143,10 @@ def build_pairs(manifest_path: str | Path, out_path: str | Path, dataset: str, b
     manifest = read_manifest(manifest_path, labels_path)
     vocabulary = build_vocabulary(manifest.texts, bow_dim)
     bow = bag_of_words(manifest.texts, vocabulary)
-    splits = split_indices(len(manifest.ids), n_query, n_train, split_seed)
+    try:
+        splits = split_indices(len(manifest.ids), n_query, n_train, split_seed)
+    except ValueError as e:
+        raise ValueError(f"{manifest_path}: {e}") from e
     empty_bow = int((bow.sum(1) == 0).sum())
     counts = {"samples": len(manifest.ids), "labels": len(manifest.label_names),
               "vocabulary": len(vocabulary), "texts_without_vocabulary_words": empty_bow,
