@@ -88,7 +88,7 @@ def select_device(requested: str = "auto") -> str:
     if requested == "cpu":
         return "cpu"
     if os.environ.get("SLURM_JOB_ID"):
-        log.info("SLURM job %s: CUDA_VISIBLE_DEVICES=%s, as the scheduler assigned",
+        log.info("SLURM job %s: CUDA_VISIBLE_DEVICES=%s (assigned by the scheduler)",
                  os.environ["SLURM_JOB_ID"], os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)"))
     elif claim_gpu() is None:
         if requested == "cuda":

@@ -9,7 +9,7 @@ import torch
 
 from egath.io import atomic_output
 from egath.losses import binarize
-from egath.model import model_from_checkpoint
+from egath.methods import MethodSpec, model_from_checkpoint
 from egath.training import load_split
 
 
@@ -28,7 +28,7 @@ def encode_dataset(model_path, pairs_path, features_path, out_path, device: str 
         f.attrs.update(dataset=ckpt["dataset"], method=ckpt["method"], bits=ckpt["bits"],
                        epoch_selection=ckpt["epoch_selection"])
         for split in ("query", "database"):
-            data = load_split(pairs_path, features_path, split)
+            data = load_split(pairs_path, features_path, split, text=MethodSpec(**ckpt["method_spec"]).text)
             f.create_dataset(f"{split}/image", data=_codes(model.encode_image, data.image, batch_size, device))
             f.create_dataset(f"{split}/text", data=_codes(model.encode_text, data.text, batch_size, device))
             f.create_dataset(f"{split}/labels", data=data.labels.numpy().astype(np.uint8))

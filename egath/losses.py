@@ -3,7 +3,7 @@ once-per-epoch discrete update of the per-sample code matrix B (GCDH, adopted by
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -94,3 +94,31 @@ def update_codes(state: CodeState, labels: torch.Tensor, h_image: torch.Tensor, 
     auxiliary = orthonormal_projection(codes + state.multiplier / state.gamma)
     multiplier = state.multiplier + state.gamma * (codes - auxiliary)
     return CodeState(codes, auxiliary, multiplier, state.gamma * rho)
+
+
+class EgathObjective:
+    """EGATH's loss of a batch, and the discrete update of B at the end of each epoch."""
+
+    def __init__(self, cfg, labels: torch.Tensor, bits: int, use_triplet: bool = True):
+        self.cfg = cfg  # egath.training.TrainConfig
+        self.labels = labels  # (N, C) of the whole training set, for the B update
+        self.use_triplet = use_triplet
+        self.state = CodeState.initial(labels.shape[0], bits, cfg.code_gamma,
+                                       torch.Generator().manual_seed(cfg.seed))
+
+    def loss(self, out: dict[str, torch.Tensor], labels: torch.Tensor, batch: torch.Tensor) -> dict:
+        cfg = self.cfg
+        codes = self.state.codes[batch].to(labels.device)
+        return egath_loss(out, labels, codes, cfg.margin, cfg.triplet_weight, cfg.quantization_weight,
+                          cfg.classification_weight, self.use_triplet)
+
+    def end_epoch(self, h_image: torch.Tensor, h_text: torch.Tensor) -> None:
+        cfg = self.cfg
+        self.state = update_codes(self.state, self.labels, h_image, h_text,
+                                  cfg.code_lambda, cfg.code_mu, cfg.code_rho)
+
+    def state_dict(self) -> dict:
+        return asdict(self.state)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = CodeState(**state)

@@ -441,13 +441,17 @@ def _plain(value):
 def write_metrics(codes_h5, out_json, protocol: dict, *, threads: int | None = None) -> dict:
     """Evaluate `codes_h5` and write the full metrics.json (docs/formats.md) atomically.
 
-    dataset, method and bits come from the attributes of codes.h5; `protocol` is stored as
-    given. The file appears complete or not at all. Returns the written dict.
+    dataset, method and bits come from the attributes of codes.h5; `protocol` is stored with
+    what codes.h5 knows added: the set sizes and how the model's epoch was selected. The file
+    appears complete or not at all. Returns the written dict.
     """
     from egath.io import atomic_output, open_h5
 
-    with open_h5(codes_h5) as f:
+    with open_h5(codes_h5, required=("query/labels", "database/labels")) as f:
         attrs = {key: f.attrs[key] for key in ("dataset", "method", "bits")}
+        protocol = {**protocol, "n_query": len(f["query/labels"]), "n_database": len(f["database/labels"])}
+        if "epoch_selection" in f.attrs:
+            protocol["epoch_selection"] = f.attrs["epoch_selection"]
     attrs = {k: (v.decode() if isinstance(v, bytes) else _plain(v)) for k, v in attrs.items()}
     metrics = {
         "dataset": str(attrs["dataset"]),

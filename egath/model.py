@@ -104,7 +104,7 @@ def build_model(cfg: ModelConfig, adjacency, node_features) -> EGATH:
     return EGATH(cfg, torch.as_tensor(adjacency), torch.as_tensor(node_features))
 
 
-def model_from_checkpoint(ckpt: dict) -> EGATH:
+def egath_from_checkpoint(ckpt: dict) -> EGATH:
     """Rebuild a trained model from its checkpoint alone (config, weights, graph buffers)."""
     cfg = ModelConfig(**ckpt["model_config"])
     state_dict = ckpt["state_dict"]

@@ -1,12 +1,16 @@
-"""Training one model on the cached features of one dataset, with a checkpoint every epoch.
+"""Training one method on the cached features of one dataset, with a checkpoint every epoch.
 
 A run killed at any point and started again resumes from its last finished epoch and ends
 with the same weights as an uninterrupted run (CPU, fixed seed): the batch order of epoch e
-is drawn from `seed + e`, and the checkpoint carries the optimizer, the code state and the
-RNG state.
+is drawn from `seed + e`, and the checkpoint carries the optimizer, the objective's state
+(EGATH's code matrix B) and the RNG state.
+
+Model selection is honest: either the last epoch, or the epoch with the best validation mAP
+on pairs held out of the training set. Never the test (query) mAP, which the peers use.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -18,16 +22,11 @@ import torch
 
 from egath.graph import load_graph
 from egath.io import atomic_output, open_h5
-from egath.losses import CodeState, egath_loss, update_codes
-from egath.model import ModelConfig, build_model
+from egath.losses import binarize
+from egath.methods import MethodSpec, build_method
+from egath.metrics import mean_average_precision
 
 log = logging.getLogger(__name__)
-
-METHODS = {  # method name -> switches; the ablations of the paper's Table 3
-    "egath": {"use_gat": True, "use_triplet": True},
-    "egath-g": {"use_gat": False, "use_triplet": True},
-    "egath-t": {"use_gat": True, "use_triplet": False},
-}
 
 
 @dataclass
@@ -45,11 +44,13 @@ class TrainConfig:
     code_gamma: float = 0.01  # gamma_0 of the B = C penalty (GCDH)
     code_rho: float = 1.05  # gamma <- rho gamma each epoch (GCDH)
     code_mu: float = 0.5  # mu, weight of the network outputs in the B update (GCDH, paper)
-    d_model: int = 512
-    ff_dim: int = 2048
-    feature_dim: int = 512
-    gat_hidden: int = 1024
+    d_model: int = 512  # transformer width
+    ff_dim: int = 2048  # transformer feed-forward width
+    feature_dim: int = 512  # F_I, F_T
+    gat_hidden: int = 1024  # first GAT layer (paper)
     dropout: float = 0.1
+    selection: str = "last"  # "last" epoch, or the best "validation" mAP
+    n_validation: int = 0  # training pairs held out for selection="validation"
     seed: int = 0
 
     @classmethod
@@ -58,39 +59,59 @@ class TrainConfig:
         unknown = sorted(set(params) - known)
         if unknown:
             raise ValueError(f"unknown training parameters {unknown}; known: {sorted(known)}")
-        return cls(**params)
+        cfg = cls(**params)
+        if cfg.selection not in ("last", "validation"):
+            raise ValueError(f"selection must be 'last' or 'validation', got {cfg.selection!r}")
+        if (cfg.selection == "validation") != (cfg.n_validation > 0):
+            raise ValueError("selection 'validation' needs n_validation > 0, and n_validation "
+                             f"is only used with it (got {cfg.selection!r}, {cfg.n_validation})")
+        return cfg
 
 
 @dataclass
 class TrainingData:
     image: torch.Tensor  # (N, d_clip) float32, cached CLIP image embeddings
-    text: torch.Tensor  # (N, V) float32 bag-of-words
+    text: torch.Tensor  # (N, V) bag-of-words or (N, d_clip) CLIP text embeddings
     labels: torch.Tensor  # (N, C)
 
+    def rows(self, index) -> "TrainingData":
+        return TrainingData(self.image[index], self.text[index], self.labels[index])
 
-def load_split(pairs_path, features_path, split: str) -> TrainingData:
+
+def load_split(pairs_path, features_path, split: str, text: str = "bow") -> TrainingData:
     """The rows of one split (`train`, `query`, `database`) as float tensors."""
     with open_h5(pairs_path, ("bow", "labels", f"split/{split}")) as pairs, \
-            open_h5(features_path, ("image",)) as features:
+            open_h5(features_path, ("image", "text")) as features:
         rows = pairs[f"split/{split}"][:]
         if features["image"].shape[0] != pairs["labels"].shape[0]:
             raise ValueError(f"{features_path} has {features['image'].shape[0]} rows, "
                              f"{pairs_path} has {pairs['labels'].shape[0]}")
+        text_source = pairs["bow"] if text == "bow" else features["text"]
         return TrainingData(
             image=torch.from_numpy(features["image"][rows].astype(np.float32)),
-            text=torch.from_numpy(pairs["bow"][rows].astype(np.float32)),
+            text=torch.from_numpy(text_source[rows].astype(np.float32)),
             labels=torch.from_numpy(pairs["labels"][rows].astype(np.float32)))
 
 
-def make_model(method: str, bits: int, cfg: TrainConfig, data: TrainingData, graph) -> torch.nn.Module:
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; known: {sorted(METHODS)}")
-    model_cfg = ModelConfig(
-        image_dim=data.image.shape[1], text_dim=data.text.shape[1], n_labels=data.labels.shape[1],
-        node_dim=graph.node_features.shape[1], bits=bits, d_model=cfg.d_model, ff_dim=cfg.ff_dim,
-        feature_dim=cfg.feature_dim, gat_hidden=cfg.gat_hidden, dropout=cfg.dropout,
-        use_gat=METHODS[method]["use_gat"])
-    return build_model(model_cfg, graph.adjacency, graph.node_features)
+def split_validation(data: TrainingData, n_validation: int, seed: int) -> tuple[TrainingData, TrainingData]:
+    """Hold `n_validation` pairs out of the training set (seeded, reproducible)."""
+    n = data.labels.shape[0]
+    if not 0 < n_validation < n:
+        raise ValueError(f"n_validation must be between 1 and {n - 1}, got {n_validation}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return data.rows(order[n_validation:].sort().values), data.rows(order[:n_validation].sort().values)
+
+
+@torch.inference_mode()
+def validation_map(model, validation: TrainingData, device: str) -> float:
+    """Mean of I->T and T->I mAP with the held-out pairs as both queries and database."""
+    model.eval()
+    image = binarize(model.encode_image(validation.image.to(device))).cpu().numpy()
+    text = binarize(model.encode_text(validation.text.to(device))).cpu().numpy()
+    labels = validation.labels.numpy()
+    model.train()
+    return 0.5 * (mean_average_precision(image, text, labels, labels)
+                  + mean_average_precision(text, image, labels, labels))
 
 
 def _lr_at(cfg: TrainConfig, epoch: int) -> float:
@@ -99,45 +120,55 @@ def _lr_at(cfg: TrainConfig, epoch: int) -> float:
 
 
 def train(pairs_path, features_path, graph_path, out_path, method: str, bits: int,
-          params: dict, checkpoint_path=None, device: str = "cpu", dataset: str = "") -> dict:
-    """Train one model and write its self-describing checkpoint to `out_path`.
+          params: dict, checkpoint_path=None, device: str = "cpu", dataset: str = "",
+          spec: dict | None = None) -> dict:
+    """Train one method and write its self-describing checkpoint to `out_path`.
 
-    `checkpoint_path` (default: `out_path` + `.ckpt`) holds the state after each epoch; it is
-    removed once `out_path` is written.
+    `method` names the run; `spec` (model, text input) defaults to the method name read as a
+    model name. `checkpoint_path` (default: `out_path` + `.ckpt`) holds the state after each
+    epoch; it is removed once `out_path` is written.
     """
     cfg = TrainConfig.from_dict(params)
-    switches = METHODS.get(method, {})
+    method_spec = MethodSpec.parse(method, spec)
     torch.manual_seed(cfg.seed)
-    data = load_split(pairs_path, features_path, "train")
+    data = load_split(pairs_path, features_path, "train", text=method_spec.text)
+    validation = None
+    if cfg.selection == "validation":
+        data, validation = split_validation(data, cfg.n_validation, cfg.seed)
     graph = load_graph(graph_path)
     if graph.adjacency.shape[0] != data.labels.shape[1]:
         raise ValueError(f"{graph_path} has {graph.adjacency.shape[0]} labels, "
                          f"{pairs_path} has {data.labels.shape[1]}")
-    model = make_model(method, bits, cfg, data, graph).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    n = data.labels.shape[0]
-    state = CodeState.initial(n, bits, cfg.code_gamma, torch.Generator().manual_seed(cfg.seed))
+    model, objective = build_method(method_spec, bits, cfg, data, graph)
+    model = model.to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    # a closed-form method (fitted when built) has nothing to train
+    epochs = cfg.epochs if trainable else 0
+    optimizer = torch.optim.Adam(trainable or [torch.zeros(1)], lr=cfg.lr, weight_decay=cfg.weight_decay)
     history: list[dict] = []
+    best = {"score": -math.inf, "epoch": 0, "state_dict": None}
     start_epoch = 0
 
     checkpoint_path = Path(checkpoint_path or f"{out_path}.ckpt")
-    run_key = {"method": method, "bits": bits, "config": asdict(cfg), "n_train": n}
+    run_key = {"method_spec": asdict(method_spec), "bits": bits, "config": asdict(cfg),
+               "n_train": data.labels.shape[0]}
     if checkpoint_path.exists():
         ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
         if ckpt["run_key"] == run_key:
             model.load_state_dict(ckpt["state_dict"])
             optimizer.load_state_dict(ckpt["optimizer"])
-            state = CodeState(**ckpt["code_state"])
-            history, start_epoch = ckpt["history"], ckpt["epoch"]
+            objective.load_state_dict(ckpt["objective"])
+            history, start_epoch, best = ckpt["history"], ckpt["epoch"], ckpt["best"]
             torch.set_rng_state(ckpt["rng_state"])
             log.info("resuming from %s after epoch %d", checkpoint_path, start_epoch)
         else:
             log.info("ignoring %s: it belongs to other settings", checkpoint_path)
 
+    n = data.labels.shape[0]
     on_device = TrainingData(*(t.to(device) for t in (data.image, data.text, data.labels)))
     h_image = torch.zeros(n, bits)
     h_text = torch.zeros(n, bits)
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(cfg, epoch)
@@ -147,10 +178,7 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
         for batch in order.split(cfg.batch_size):
             batch_dev = batch.to(device)
             out = model(on_device.image[batch_dev], on_device.text[batch_dev])
-            labels = on_device.labels[batch_dev]
-            terms = egath_loss(out, labels, state.codes[batch].to(device), cfg.margin,
-                               cfg.triplet_weight, cfg.quantization_weight,
-                               cfg.classification_weight, switches.get("use_triplet", True))
+            terms = objective.loss(out, on_device.labels[batch_dev], batch)
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimizer.step()
@@ -158,23 +186,37 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
             h_text[batch] = out["h_text"].detach().cpu()
             for name, value in terms.items():
                 totals[name] = totals.get(name, 0.0) + float(value.detach()) / n
-        state = update_codes(state, data.labels, h_image, h_text, cfg.code_lambda, cfg.code_mu, cfg.code_rho)
+        objective.end_epoch(h_image, h_text)
         if not all(math.isfinite(v) for v in totals.values()):
             raise FloatingPointError(f"epoch {epoch + 1}: loss is not finite: {totals}")
-        history.append({"epoch": epoch + 1, "lr": _lr_at(cfg, epoch),
-                        "seconds": time.perf_counter() - started, **totals})
+        record = {"epoch": epoch + 1, "lr": _lr_at(cfg, epoch), **totals}
+        if validation is not None:
+            record["validation_map"] = validation_map(model, validation, device)
+            if record["validation_map"] > best["score"]:
+                best = {"score": record["validation_map"], "epoch": epoch + 1,
+                        "state_dict": copy.deepcopy(model.state_dict())}
+        record["seconds"] = time.perf_counter() - started
+        history.append(record)
         log.info("epoch %d/%d %s", epoch + 1, cfg.epochs,
-                 " ".join(f"{k}={v:.4g}" for k, v in history[-1].items() if k != "epoch"))
+                 " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
         with atomic_output(checkpoint_path) as tmp:
             torch.save({"run_key": run_key, "state_dict": model.state_dict(),
-                        "optimizer": optimizer.state_dict(), "code_state": asdict(state),
-                        "history": history, "epoch": epoch + 1,
+                        "optimizer": optimizer.state_dict(), "objective": objective.state_dict(),
+                        "history": history, "epoch": epoch + 1, "best": best,
                         "rng_state": torch.get_rng_state()}, tmp)
 
+    if validation is not None:
+        model.load_state_dict(best["state_dict"])
+        selection = (f"best validation mAP (epoch {best['epoch']} of {cfg.epochs}, "
+                     f"{cfg.n_validation} training pairs held out)")
+    elif epochs == 0:
+        selection = "closed form (no training epochs)"
+    else:
+        selection = "last epoch"
     result = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
               "model_config": asdict(model.cfg), "config": asdict(cfg), "history": history,
-              "method": method, "dataset": dataset, "bits": bits,
-              "epoch_selection": "last"}
+              "method": method, "method_spec": asdict(method_spec), "dataset": dataset,
+              "bits": bits, "epoch_selection": selection}
     with atomic_output(out_path) as tmp:
         torch.save(result, tmp)
     checkpoint_path.unlink(missing_ok=True)

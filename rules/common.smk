@@ -12,7 +12,7 @@ validate(config, schema="../schemas/config.schema.yaml")
 
 DATASETS = list(config["datasets"])
 BITS = config["bits"]
-METHODS = config["methods"]
+METHODS = list(config["methods"])
 
 
 wildcard_constraints:
@@ -64,6 +64,11 @@ def get_train_params(wildcards):
     return params
 
 
+def get_method_spec(wildcards):
+    """Model and text input of a method; an empty entry means model = the method's name."""
+    return config["methods"][wildcards.method] or {}
+
+
 def get_protocol(wildcards):
     cfg = dataset_config(wildcards)
     return {
@@ -72,7 +77,6 @@ def get_protocol(wildcards):
         "split_seed": cfg["split_seed"],
         "relevance": "shares at least one label",
         "tie_rule": "database index",
-        "epoch_selection": "last",
     }
 
 

@@ -11,6 +11,7 @@ rule train:
         "results/benchmarks/train/{dataset}/{method}/{bits}.tsv"
     params:
         training=get_train_params,
+        spec=get_method_spec,
         device=config["device"],
     threads: 2
     resources:

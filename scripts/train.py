@@ -16,6 +16,7 @@ train(
     method=snakemake.wildcards.method,
     bits=int(snakemake.wildcards.bits),
     params=snakemake.params.training,
+    spec=snakemake.params.spec,
     device=select_device(snakemake.params.device),
     dataset=snakemake.wildcards.dataset,
 )

@@ -12,7 +12,9 @@ from egath import training
 from egath.encoding import encode_dataset
 from egath.graph import build_graph, load_graph
 from egath.losses import binarize
-from egath.model import ModelConfig, build_model, model_from_checkpoint
+from egath import losses
+from egath.methods import model_from_checkpoint
+from egath.model import ModelConfig, build_model
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -207,7 +209,7 @@ def test_history_and_output_file(reference_run):
 def test_interrupted_run_resumes_to_the_same_state(data_files, reference_run, tmp_path, monkeypatch):
     _, uninterrupted = reference_run
     out = tmp_path / "model.pt"
-    real = training.update_codes
+    real = losses.update_codes
     calls = {"n": 0}
 
     def fail_on_second_call(*args, **kwargs):
@@ -216,10 +218,10 @@ def test_interrupted_run_resumes_to_the_same_state(data_files, reference_run, tm
             raise RuntimeError("simulated interruption in epoch 2")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(training, "update_codes", fail_on_second_call)
+    monkeypatch.setattr(losses, "update_codes", fail_on_second_call)
     with pytest.raises(RuntimeError, match="simulated interruption"):
         run_train(data_files, out)
-    monkeypatch.setattr(training, "update_codes", real)
+    monkeypatch.setattr(losses, "update_codes", real)
     ckpt_path = tmp_path / "model.pt.ckpt"
     assert ckpt_path.exists() and not out.exists()
     ckpt = torch.load(ckpt_path, weights_only=False)
@@ -240,7 +242,7 @@ def test_checkpoint_of_other_settings_is_ignored(data_files, reference_run, tmp_
     out = tmp_path / "model.pt"
     # a finished checkpoint from a run with another seed must not be resumed
     other = tmp_path / "other.pt"
-    real = training.update_codes
+    real = losses.update_codes
 
     calls = {"n": 0}
 
@@ -250,10 +252,10 @@ def test_checkpoint_of_other_settings_is_ignored(data_files, reference_run, tmp_
             raise RuntimeError("simulated interruption")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(training, "update_codes", stop_second)
+    monkeypatch.setattr(losses, "update_codes", stop_second)
     with pytest.raises(RuntimeError, match="simulated interruption"):
         run_train(data_files, other, params={**PARAMS, "seed": 7})
-    monkeypatch.setattr(training, "update_codes", real)
+    monkeypatch.setattr(losses, "update_codes", real)
     (tmp_path / "other.pt.ckpt").rename(tmp_path / "model.pt.ckpt")
     result = run_train(data_files, out)
     assert_same_state(uninterrupted["state_dict"], result["state_dict"])
