@@ -57,11 +57,12 @@ def main(argv=None) -> None:
     p.add_argument("--num-workers", type=int, default=4)
     p.add_argument("--device", default="auto")
 
-    p = sub.add_parser("graph", help="pairs.h5 + features -> graph.h5")
+    p = sub.add_parser("graph", help="pairs.h5 + label-name embeddings -> graph.h5")
     p.add_argument("pairs")
-    p.add_argument("features")
+    p.add_argument("embeddings", help="a features file (CLIP label embeddings) or a GloVe text file")
     p.add_argument("out")
     p.add_argument("--threshold", type=float, default=0.3)
+    p.add_argument("--glove", action="store_true", help="embeddings is a GloVe text file")
 
     p = sub.add_parser("train", help="train one model")
     p.add_argument("pairs")
@@ -100,8 +101,12 @@ def main(argv=None) -> None:
         extract_features(args.pairs, args.out, args.model, args.pretrained, args.batch_size,
                          args.num_workers, select_device(args.device))
     elif args.command == "graph":
-        from egath.graph import build_graph
-        build_graph(args.pairs, args.features, args.out, args.threshold)
+        from egath.graph import build_graph, clip_label_embeddings, glove_label_embeddings, read_label_names
+        if args.glove:
+            node_features, source = glove_label_embeddings(args.embeddings, read_label_names(args.pairs))
+        else:
+            node_features, source = clip_label_embeddings(args.embeddings)
+        build_graph(args.pairs, args.out, args.threshold, node_features, source)
     elif args.command == "train":
         from egath.devices import select_device
         from egath.training import train

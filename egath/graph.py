@@ -5,6 +5,7 @@ A_ij = 1 if D_ij >= zeta. Node features are label-name embeddings (one row per l
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,26 +36,62 @@ def cooccurrence_graph(labels: np.ndarray, threshold: float) -> tuple[np.ndarray
     return counts, conditional, adjacency
 
 
-def build_graph(pairs_path: str | Path, features_path: str | Path, out_path: str | Path,
-                threshold: float) -> LabelGraph:
-    """Write `graph.h5` from the training labels of `pairs.h5` and the label-name embeddings
-    (`label_text`) of a features file."""
+def clip_label_embeddings(features_path) -> tuple[np.ndarray, str]:
+    """The CLIP text embeddings of the label names stored in a features file."""
+    with open_h5(features_path, ("label_text",)) as features:
+        source = (f"CLIP text encoder {features.attrs.get('model', '?')} "
+                  f"({features.attrs.get('pretrained', '?')}) on the label names, {features_path}")
+        return features["label_text"][:].astype(np.float32), source
+
+
+def label_words(name: str) -> list[str]:
+    """GloVe words of a label name: lower case, split at '_', '-' and spaces."""
+    return [w for w in re.split(r"[_\-\s]+", name.lower()) if w]
+
+
+def glove_label_embeddings(glove_path, label_names: list[str]) -> tuple[np.ndarray, str]:
+    """Mean GloVe vector of each label name's words (GCDH's 300-d node features).
+
+    Reads the GloVe text format (a word and its vector per line), keeping only the words needed.
+    """
+    wanted = {w for name in label_names for w in label_words(name)}
+    vectors: dict[str, np.ndarray] = {}
+    with open(glove_path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            word, _, values = line.rstrip("\n").partition(" ")
+            if word in wanted and word not in vectors:
+                try:
+                    vectors[word] = np.array(values.split(" "), dtype=np.float32)
+                except ValueError as e:
+                    raise ValueError(f"{glove_path}:{line_no}: not a GloVe vector line: {e}") from e
+    dims = {v.shape[0] for v in vectors.values()}
+    if len(dims) > 1:
+        raise ValueError(f"{glove_path}: vectors of different sizes {sorted(dims)}")
+    rows = []
+    for name in label_names:
+        found = [vectors[w] for w in label_words(name) if w in vectors]
+        if not found:
+            raise ValueError(f"{glove_path}: no vector for any word of label {name!r} "
+                             f"({label_words(name)})")
+        rows.append(np.mean(found, axis=0))
+    return np.stack(rows).astype(np.float32), f"mean GloVe vectors of the label-name words ({Path(glove_path).name})"
+
+
+def build_graph(pairs_path, out_path, threshold: float, node_features: np.ndarray,
+                node_features_source: str) -> LabelGraph:
+    """Write `graph.h5` from the training labels of `pairs.h5` and label-name embeddings."""
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"cooccurrence threshold must be in (0, 1], got {threshold}")
     with open_h5(pairs_path, ("labels", "label_names", "split/train")) as pairs:
         train = pairs["split/train"][:]
         labels = pairs["labels"][:][train]
         label_names = string_array(pairs["label_names"][:])
-    with open_h5(features_path, ("label_text",)) as features:
-        node_features = features["label_text"][:].astype(np.float32)
-        source = f"CLIP text encoder {features.attrs.get('model', '?')} " \
-                 f"({features.attrs.get('pretrained', '?')}) on the label names"
     if node_features.shape[0] != len(label_names):
-        raise ValueError(f"{features_path}: {node_features.shape[0]} label embeddings for "
+        raise ValueError(f"{node_features.shape[0]} label embeddings ({node_features_source}) for "
                          f"{len(label_names)} labels in {pairs_path}")
     counts, conditional, adjacency = cooccurrence_graph(labels, threshold)
     with atomic_output(out_path) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs.update(threshold=threshold, node_features_source=source)
+        f.attrs.update(threshold=threshold, node_features_source=node_features_source)
         f.create_dataset("cooccurrence", data=counts)
         f.create_dataset("conditional", data=conditional)
         f.create_dataset("adjacency", data=adjacency)
@@ -67,3 +104,8 @@ def load_graph(path: str | Path) -> LabelGraph:
     with open_h5(path, ("cooccurrence", "conditional", "adjacency", "node_features", "label_names")) as f:
         return LabelGraph(f["cooccurrence"][:], f["conditional"][:], f["adjacency"][:],
                           f["node_features"][:], string_array(f["label_names"][:]))
+
+
+def read_label_names(pairs_path) -> list[str]:
+    with open_h5(pairs_path, ("label_names",)) as f:
+        return string_array(f["label_names"][:])

@@ -11,7 +11,8 @@ from matplotlib.figure import Figure
 
 from egath.io import atomic_output
 
-__all__ = ["collect_metrics", "write_map_table", "plot_pr_curves", "plot_precision_at_n"]
+__all__ = ["collect_metrics", "write_map_table", "plot_pr_curves", "plot_precision_at_n",
+           "read_history", "plot_loss_curves"]
 
 TASKS = ("i2t", "t2i")
 TASK_TITLES = {"i2t": "image → text", "t2i": "text → image"}
@@ -187,7 +188,7 @@ def _select(metrics, dataset, bits) -> list[dict]:
     chosen = sorted((m for m in metrics if m["dataset"] == dataset and int(m["bits"]) == int(bits)),
                     key=lambda m: m["method"])
     if not chosen:
-        raise ValueError(f"no metrics for dataset {dataset!r} at {bits} bits")
+        raise ValueError(f"no runs of dataset {dataset!r} at {bits} bits")
     return chosen
 
 
@@ -237,3 +238,52 @@ def plot_precision_at_n(metrics, dataset, bits, png_path, pdf_path) -> None:
         return t["precision_at_n"]["n"], t["precision_at_n"]["precision"]
     _plot(metrics, dataset, bits, png_path, pdf_path, curve, "N (top-ranked items)",
           "precision@N", "Precision@N")
+
+
+def read_history(model_path) -> dict:
+    """{method, dataset, bits, history} of a trained model.pt (the weights are not kept)."""
+    import torch
+
+    ckpt = torch.load(model_path, map_location="cpu", weights_only=False)
+    return {key: ckpt[key] for key in ("method", "dataset", "bits", "history")}
+
+
+def plot_loss_curves(histories, dataset, bits, png_path, pdf_path) -> None:
+    """Total training loss per epoch of every method (log scale), and the validation mAP of
+    those that select their epoch on it."""
+    chosen = _select(histories, dataset, bits)
+    with_validation = [h for h in chosen if any("validation_map" in e for e in h["history"])]
+    fig = Figure(figsize=(10 if with_validation else 5.5, 4.2))
+    axes = fig.subplots(1, 2 if with_validation else 1, squeeze=False)[0]
+    for i, h in enumerate(chosen):
+        epochs = [e["epoch"] for e in h["history"]]
+        if epochs:
+            axes[0].plot(epochs, [e["total"] for e in h["history"]], label=h["method"], **_style(i))
+        if h in with_validation:
+            axes[1].plot(epochs, [e["validation_map"] for e in h["history"]], label=h["method"], **_style(i))
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("total loss (per training pair)")
+    if with_validation:
+        axes[1].set_ylabel("validation mAP (mean of i2t, t2i)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+        ax.legend(title="method", loc="best", fontsize="small")
+    fig.suptitle(f"Training on {dataset} ({bits} bits)")
+    _save(fig, png_path, pdf_path)
+
+
+def read_reference_table(path=None) -> list[dict]:
+    """Published numbers from a CSV with columns dataset, method, bits, task, map, source."""
+    if path is None:
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    required = {"dataset", "method", "bits", "task", "map", "source"}
+    for line, row in enumerate(rows, start=2):
+        missing = sorted(key for key in required if not row.get(key))
+        if missing:
+            raise ValueError(f"{path}:{line}: missing {missing}")
+        if row["task"] not in TASKS:
+            raise ValueError(f"{path}:{line}: task must be one of {TASKS}, got {row['task']!r}")
+    return rows

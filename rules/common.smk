@@ -39,6 +39,13 @@ def get_features(wildcards):
     return f"results/{wildcards.dataset}/features/{encoder_name()}.h5"
 
 
+def get_label_embeddings(wildcards):
+    """The GAT's node features come from GloVe vectors or from the cached CLIP features."""
+    if config["label_embeddings"]["source"] == "glove":
+        return f"resources/glove/{config['label_embeddings']['glove_file']}"
+    return get_features(wildcards)
+
+
 def get_manifest(wildcards):
     source = dataset_config(wildcards)["source"]
     if source == "synthetic":
@@ -89,12 +96,18 @@ def get_all_metrics():
     )
 
 
+def get_reference_table():
+    """Published numbers to show beside the measured ones, if configured."""
+    path = config["report"]["reference_table"]
+    return [path] if path else []
+
+
 def get_final_output():
     return [
         *expand("results/tables/map.{ext}", ext=["csv", "md", "tex"]),
         *expand(
             "results/figures/{kind}_{dataset}_{bits}.{ext}",
-            kind=["pr", "topn"],
+            kind=["pr", "topn", "loss"],
             dataset=DATASETS,
             bits=BITS,
             ext=["png", "pdf"],

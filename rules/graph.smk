@@ -1,13 +1,14 @@
 rule build_graph:
     input:
         pairs=rules.build_pairs.output.pairs,
-        features=get_features,
+        embeddings=get_label_embeddings,
     output:
         graph="results/{dataset}/graph.h5",
     log:
         "logs/build_graph/{dataset}.log",
     params:
         threshold=lambda wildcards: dataset_config(wildcards)["cooccurrence_threshold"],
+        label_embeddings=config["label_embeddings"]["source"],
     threads: 1
     resources:
         mem_mb=4000,
@@ -16,3 +17,22 @@ rule build_graph:
         "../envs/egath.yaml"
     script:
         "../scripts/build_graph.py"
+
+
+rule download_glove:
+    output:
+        vectors="resources/glove/{file}",
+    log:
+        "logs/download_glove/{file}.log",
+    params:
+        url=config["label_embeddings"]["glove_url"],
+    threads: 1
+    resources:
+        downloads=1,
+        mem_mb=1000,
+        runtime=120,
+    localrule: True
+    conda:
+        "../envs/egath.yaml"
+    script:
+        "../scripts/download_glove.py"

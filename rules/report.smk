@@ -1,6 +1,7 @@
 rule tables:
     input:
         metrics=get_all_metrics(),
+        reference=get_reference_table(),
     output:
         csv=report(
             "results/tables/map.csv",
@@ -54,3 +55,31 @@ rule figures:
         "../envs/egath.yaml"
     script:
         "../scripts/figures.py"
+
+
+rule loss_curves:
+    input:
+        models=lambda wildcards: expand(
+            "results/{dataset}/{method}/{bits}/model.pt",
+            dataset=wildcards.dataset,
+            method=METHODS,
+            bits=wildcards.bits,
+        ),
+    output:
+        png=report(
+            "results/figures/loss_{dataset}_{bits}.png",
+            caption="../report/loss_curves.rst",
+            category="Training",
+            labels={"dataset": "{dataset}", "bits": "{bits}"},
+        ),
+        pdf="results/figures/loss_{dataset}_{bits}.pdf",
+    log:
+        "logs/loss_curves/{dataset}_{bits}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=5,
+    conda:
+        "../envs/egath.yaml"
+    script:
+        "../scripts/loss_curves.py"

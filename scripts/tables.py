@@ -2,11 +2,12 @@ from egath.logs import setup_logging
 
 setup_logging(snakemake.log[0])
 
-from egath.reporting import collect_metrics, write_map_table
+from egath.reporting import collect_metrics, read_reference_table, write_map_table
 
 write_map_table(
     collect_metrics(snakemake.input.metrics),
     snakemake.output.csv,
     snakemake.output.md,
     snakemake.output.tex,
+    reference=read_reference_table(*snakemake.input.reference),
 )

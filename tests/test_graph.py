@@ -5,7 +5,8 @@ import h5py
 import numpy as np
 import pytest
 
-from egath.graph import build_graph, cooccurrence_graph, load_graph
+from egath.graph import (build_graph, clip_label_embeddings, cooccurrence_graph, glove_label_embeddings,
+                         load_graph, read_label_names)
 
 # 5 samples x 3 labels; label 2 never occurs
 LABELS = np.array([[1, 1, 0],
@@ -21,6 +22,10 @@ COUNTS = np.array([[4, 2, 0],
 CONDITIONAL = np.array([[1.0, 0.5, 0.0],
                         [2 / 3, 1.0, 0.0],
                         [0.0, 0.0, 0.0]])
+
+
+def build_graph_from_clip(pairs, features, out, threshold):
+    return build_graph(pairs, out, threshold, *clip_label_embeddings(features))
 
 
 def test_counts_and_conditional():
@@ -107,7 +112,7 @@ def test_build_graph_uses_training_rows_only(tmp_path):
     write_pairs(tmp_path / "pairs.h5")
     label_text = write_features(tmp_path / "features.h5")
     out = tmp_path / "graph.h5"
-    graph = build_graph(tmp_path / "pairs.h5", tmp_path / "features.h5", out, 0.5)
+    graph = build_graph_from_clip(tmp_path / "pairs.h5", tmp_path / "features.h5", out, 0.5)
     # with all 8 rows the counts would be N = (6, 6, 3), C_01 = 4: not what we expect
     assert not np.array_equal(ALL_LABELS.astype(np.int64).T @ ALL_LABELS, COUNTS)
     np.testing.assert_array_equal(graph.cooccurrence, COUNTS)
@@ -137,7 +142,7 @@ def test_build_graph_train_subset_not_prefix(tmp_path):
     # training rows scattered through the file: rows 1, 3, 6 -> labels (1,0,0), (0,1,0), (1,1,1)
     write_pairs(tmp_path / "pairs.h5", train=np.array([6, 1, 3]), query=np.array([0, 2]))
     write_features(tmp_path / "features.h5")
-    graph = build_graph(tmp_path / "pairs.h5", tmp_path / "features.h5", tmp_path / "g.h5", 0.5)
+    graph = build_graph_from_clip(tmp_path / "pairs.h5", tmp_path / "features.h5", tmp_path / "g.h5", 0.5)
     # N = (2, 2, 1); C_01 = C_02 = C_12 = 1 (row 6 only)
     np.testing.assert_array_equal(graph.cooccurrence, [[2, 1, 1], [1, 2, 1], [1, 1, 1]])
     # D: row 0 = (1, .5, .5), row 1 = (.5, 1, .5), row 2 = (1, 1, 1)
@@ -150,7 +155,7 @@ def test_build_graph_label_count_mismatch(tmp_path):
     write_features(tmp_path / "features.h5", n_labels=4)
     out = tmp_path / "out" / "graph.h5"
     with pytest.raises(ValueError) as info:
-        build_graph(tmp_path / "pairs.h5", tmp_path / "features.h5", out, 0.5)
+        build_graph_from_clip(tmp_path / "pairs.h5", tmp_path / "features.h5", out, 0.5)
     message = str(info.value)
     assert str(tmp_path / "features.h5") in message
     assert "4" in message and "3" in message
@@ -162,7 +167,7 @@ def test_build_graph_threshold_out_of_range(tmp_path, threshold):
     write_pairs(tmp_path / "pairs.h5")
     write_features(tmp_path / "features.h5")
     with pytest.raises(ValueError, match="threshold"):
-        build_graph(tmp_path / "pairs.h5", tmp_path / "features.h5", tmp_path / "g.h5", threshold)
+        build_graph_from_clip(tmp_path / "pairs.h5", tmp_path / "features.h5", tmp_path / "g.h5", threshold)
     assert not (tmp_path / "g.h5").exists()
 
 
@@ -171,4 +176,47 @@ def test_build_graph_missing_features_dataset(tmp_path):
     with h5py.File(tmp_path / "features.h5", "w") as f:
         f.create_dataset("image", data=np.zeros((8, 4), np.float16))
     with pytest.raises(KeyError, match="label_text"):
-        build_graph(tmp_path / "pairs.h5", tmp_path / "features.h5", tmp_path / "g.h5", 0.5)
+        build_graph_from_clip(tmp_path / "pairs.h5", tmp_path / "features.h5", tmp_path / "g.h5", 0.5)
+
+
+# --------------------------------------------------------------------------- GloVe node features
+
+GLOVE = """the 0.5 0.5 0.5
+plant 1.0 2.0 3.0
+life 3.0 2.0 1.0
+sky -1.0 0.0 1.5
+plant 9.0 9.0 9.0
+"""
+
+
+def test_glove_label_embeddings_average_the_words_of_a_label(tmp_path):
+    path = tmp_path / "glove.txt"
+    path.write_text(GLOVE)
+    vectors, source = glove_label_embeddings(path, ["plant_life", "Sky"])
+    # plant_life = mean((1, 2, 3), (3, 2, 1)) = (2, 2, 2); the later duplicate "plant" is ignored
+    np.testing.assert_array_equal(vectors, [[2.0, 2.0, 2.0], [-1.0, 0.0, 1.5]])
+    assert vectors.dtype == np.float32 and "glove.txt" in source
+
+
+def test_glove_label_without_any_vector_is_named(tmp_path):
+    path = tmp_path / "glove.txt"
+    path.write_text(GLOVE)
+    with pytest.raises(ValueError, match=r"glove.txt: no vector for any word of label 'sea_water'"):
+        glove_label_embeddings(path, ["sky", "sea_water"])
+
+
+def test_glove_malformed_line_names_file_and_line(tmp_path):
+    path = tmp_path / "glove.txt"
+    path.write_text("sky 1.0 zero 2.0\n")
+    with pytest.raises(ValueError, match=r"glove.txt:1: not a GloVe vector line"):
+        glove_label_embeddings(path, ["sky"])
+
+
+def test_build_graph_with_glove_node_features(tmp_path):
+    write_pairs(tmp_path / "pairs.h5", names=["the", "plant_life", "sky"])
+    glove = tmp_path / "glove.txt"
+    glove.write_text(GLOVE)
+    vectors, source = glove_label_embeddings(glove, read_label_names(tmp_path / "pairs.h5"))
+    graph = build_graph(tmp_path / "pairs.h5", tmp_path / "graph.h5", 0.5, vectors, source)
+    np.testing.assert_array_equal(load_graph(tmp_path / "graph.h5").node_features[1], [2.0, 2.0, 2.0])
+    assert graph.node_features.shape == (3, 3)

@@ -10,11 +10,15 @@ import torch
 
 from egath import training
 from egath.encoding import encode_dataset
-from egath.graph import build_graph, load_graph
+from egath.graph import build_graph, clip_label_embeddings, load_graph
 from egath.losses import binarize
 from egath import losses
 from egath.methods import model_from_checkpoint
 from egath.model import ModelConfig, build_model
+
+
+def build_graph_from_clip(pairs, features, out, threshold):
+    return build_graph(pairs, out, threshold, *clip_label_embeddings(features))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -146,7 +150,7 @@ def data_files(tmp_path_factory):
         f.create_dataset("text", data=rng.standard_normal((N, D_IMG)).astype(np.float16))
         f.create_dataset("label_text", data=rng.standard_normal((C, D_IMG)).astype(np.float16))
     graph = root / "graph.h5"
-    build_graph(pairs, features, graph, 0.3)
+    build_graph_from_clip(pairs, features, graph, 0.3)
     return {"pairs": pairs, "features": features, "graph": graph, "labels": labels,
             "query": np.sort(order[:N_QUERY]), "database": np.sort(order[N_QUERY:])}
 
