@@ -103,13 +103,14 @@ class EgathObjective:
         self.cfg = cfg  # egath.training.TrainConfig
         self.labels = labels  # (N, C) of the whole training set, for the B update
         self.use_triplet = use_triplet
-        self.state = CodeState.initial(labels.shape[0], bits, cfg.code_gamma,
-                                       torch.Generator().manual_seed(cfg.seed))
+        state = CodeState.initial(labels.shape[0], bits, cfg.code_gamma,
+                                  torch.Generator().manual_seed(cfg.seed))  # drawn on the CPU: same B on any device
+        self.state = CodeState(state.codes.to(labels.device), state.auxiliary.to(labels.device),
+                               state.multiplier.to(labels.device), state.gamma)
 
     def loss(self, out: dict[str, torch.Tensor], labels: torch.Tensor, batch: torch.Tensor) -> dict:
         cfg = self.cfg
-        codes = self.state.codes[batch].to(labels.device)
-        return egath_loss(out, labels, codes, cfg.margin, cfg.triplet_weight, cfg.quantization_weight,
+        return egath_loss(out, labels, self.state.codes[batch], cfg.margin, cfg.triplet_weight, cfg.quantization_weight,
                           cfg.classification_weight, self.use_triplet)
 
     def end_epoch(self, h_image: torch.Tensor, h_text: torch.Tensor) -> None:

@@ -1,4 +1,5 @@
-"""Every method the workflow trains, by model name: EGATH, its two ablations and the baselines.
+"""Every method the workflow trains, by model name: EGATH, its two ablations and the baselines
+(egath.baselines: DCHMT, DSPH, PCA-ITQ).
 
 A method is a model (an nn.Module whose forward(image, text) returns at least `h_image` and
 `h_text` in (-1, 1), with encode_image / encode_text for retrieval) and an objective (the
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from egath.baselines import BASELINES, CLIP_TEXT_ONLY
 from egath.losses import EgathObjective
 from egath.model import ModelConfig, build_model, egath_from_checkpoint
 
@@ -19,7 +21,7 @@ EGATH_VARIANTS = {  # model name -> switches; the paper's ablations (Table 3)
     "egath-g": {"use_gat": False, "use_triplet": True},  # no GAT classifier
     "egath-t": {"use_gat": True, "use_triplet": False},  # no cosine triplet loss
 }
-MODELS = tuple(EGATH_VARIANTS)
+MODELS = tuple(EGATH_VARIANTS) + tuple(BASELINES)
 TEXT_INPUTS = ("bow", "clip")
 
 
@@ -33,6 +35,9 @@ class MethodSpec:
             raise ValueError(f"unknown method model {self.model!r}; known: {list(MODELS)}")
         if self.text not in TEXT_INPUTS:
             raise ValueError(f"unknown text input {self.text!r}; known: {list(TEXT_INPUTS)}")
+        if self.model in CLIP_TEXT_ONLY and self.text != "clip":
+            raise ValueError(f"method model {self.model!r} needs text: clip (it projects image and "
+                             f"text into CLIP's shared space), got text: {self.text!r}")
 
     @classmethod
     def parse(cls, method: str, spec: dict | None) -> "MethodSpec":
@@ -42,6 +47,8 @@ class MethodSpec:
 
 def build_method(spec: MethodSpec, bits: int, cfg, data, graph):
     """(model, objective) for one training run. `cfg` is an egath.training.TrainConfig."""
+    if spec.model in BASELINES:
+        return BASELINES[spec.model].build(bits, cfg, data)
     switches = EGATH_VARIANTS[spec.model]
     model_cfg = ModelConfig(
         image_dim=data.image.shape[1], text_dim=data.text.shape[1], n_labels=data.labels.shape[1],
@@ -58,4 +65,6 @@ def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
     spec = MethodSpec(**ckpt["method_spec"])
     if spec.model in EGATH_VARIANTS:
         return egath_from_checkpoint(ckpt)
+    if spec.model in BASELINES:
+        return BASELINES[spec.model].from_checkpoint(ckpt)
     raise ValueError(f"no loader for model {spec.model!r}")

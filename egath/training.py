@@ -139,6 +139,8 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
     if graph.adjacency.shape[0] != data.labels.shape[1]:
         raise ValueError(f"{graph_path} has {graph.adjacency.shape[0]} labels, "
                          f"{pairs_path} has {data.labels.shape[1]}")
+    n = data.labels.shape[0]
+    data = TrainingData(*(t.to(device) for t in (data.image, data.text, data.labels)))
     model, objective = build_method(method_spec, bits, cfg, data, graph)
     model = model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -151,7 +153,7 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
 
     checkpoint_path = Path(checkpoint_path or f"{out_path}.ckpt")
     run_key = {"method_spec": asdict(method_spec), "bits": bits, "config": asdict(cfg),
-               "n_train": data.labels.shape[0]}
+               "n_train": n}
     if checkpoint_path.exists():
         ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
         if ckpt["run_key"] == run_key:
@@ -164,28 +166,27 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
         else:
             log.info("ignoring %s: it belongs to other settings", checkpoint_path)
 
-    n = data.labels.shape[0]
-    on_device = TrainingData(*(t.to(device) for t in (data.image, data.text, data.labels)))
-    h_image = torch.zeros(n, bits)
-    h_text = torch.zeros(n, bits)
+    # outputs and loss sums stay on the device: one host sync per epoch, not per batch
+    h_image = torch.zeros(n, bits, device=device)
+    h_text = torch.zeros(n, bits, device=device)
     for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(cfg, epoch)
         model.train()
-        totals: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + epoch))
-        for batch in order.split(cfg.batch_size):
-            batch_dev = batch.to(device)
-            out = model(on_device.image[batch_dev], on_device.text[batch_dev])
-            terms = objective.loss(out, on_device.labels[batch_dev], batch)
+        for batch in order.to(device).split(cfg.batch_size):
+            out = model(data.image[batch], data.text[batch])
+            terms = objective.loss(out, data.labels[batch], batch)
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimizer.step()
-            h_image[batch] = out["h_image"].detach().cpu()
-            h_text[batch] = out["h_text"].detach().cpu()
+            h_image[batch] = out["h_image"].detach()
+            h_text[batch] = out["h_text"].detach()
             for name, value in terms.items():
-                totals[name] = totals.get(name, 0.0) + float(value.detach()) / n
+                sums[name] = sums.get(name, 0.0) + value.detach()
+        totals = {name: float(value) / n for name, value in sums.items()}
         objective.end_epoch(h_image, h_text)
         if not all(math.isfinite(v) for v in totals.values()):
             raise FloatingPointError(f"epoch {epoch + 1}: loss is not finite: {totals}")
@@ -205,12 +206,12 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
                         "history": history, "epoch": epoch + 1, "best": best,
                         "rng_state": torch.get_rng_state()}, tmp)
 
-    if validation is not None:
+    if epochs == 0:
+        selection = "closed form (no training epochs)"
+    elif validation is not None:
         model.load_state_dict(best["state_dict"])
         selection = (f"best validation mAP (epoch {best['epoch']} of {cfg.epochs}, "
                      f"{cfg.n_validation} training pairs held out)")
-    elif epochs == 0:
-        selection = "closed form (no training epochs)"
     else:
         selection = "last epoch"
     result = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},

@@ -1,0 +1,308 @@
+"""Tests for egath.baselines: the DCHMT and DSPH losses against hand-computed values and
+brute-force loops, DSPH's threshold zeta, PCA-ITQ, and each baseline trained end to end,
+saved, rebuilt from model.pt and encoded."""
+
+import math
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from egath import baselines as B
+from egath import training
+from egath.encoding import encode_dataset
+from egath.graph import build_graph, clip_label_embeddings
+from egath.losses import binarize
+from egath.methods import MethodSpec, model_from_checkpoint
+from egath.metrics import mean_average_precision
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def assert_grad_close(fast, slow, inputs):
+    # the two losses may share the graph of their inputs (a softmax): keep it for the second pass
+    for a, b in zip(torch.autograd.grad(fast, inputs, retain_graph=True), torch.autograd.grad(slow, inputs)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+# --------------------------------------------------------------------------- DCHMT
+
+def test_select_hash_code_is_the_argmax():
+    torch.manual_seed(0)
+    layer = B.SelectHash(5, 6)
+    p = layer(torch.randn(4, 5))
+    assert p.shape == (4, 6, 2)
+    torch.testing.assert_close(p.sum(-1), torch.ones(4, 6))
+    h = B.select_to_code(p)
+    assert h.abs().max() < 1
+    assert torch.equal(h > 0, p.argmax(-1) == 1)
+
+
+def test_dchmt_pair_loss_by_hand():
+    # one bit: a = (0.2, 0.8), b = (0.6, 0.4): d^2 = 0.16 + 0.16 = 0.32; m = 1
+    a, b = torch.tensor([[0.2, 0.8]]), torch.tensor([[0.6, 0.4]])
+    pos, neg = B.dchmt_pair_loss(a, b, torch.ones(1, 1), 1.0)
+    assert float(pos) == pytest.approx(0.32) and float(neg) == 0
+    pos, neg = B.dchmt_pair_loss(a, b, torch.zeros(1, 1), 1.0)
+    assert float(pos) == 0 and float(neg) == pytest.approx((1 - math.sqrt(0.32)) ** 2)  # 0.188629
+    # a negative already farther than m costs nothing
+    pos, neg = B.dchmt_pair_loss(torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]]), torch.zeros(1, 1), 1.0)
+    assert float(neg) == 0
+
+
+def brute_force_dchmt(p_image, p_text, labels, vartheta, weight):
+    n, k, _ = p_image.shape
+    margin = math.sqrt(2 * k * vartheta)
+    total = p_image.new_zeros(())
+    for a, b in ((p_image, p_text), (p_image, p_image), (p_text, p_text)):
+        for i in range(n):
+            for j in range(n):
+                d2 = (a[i] - b[j]).pow(2).sum()
+                if float(labels[i] @ labels[j]) > 0:
+                    total = total + d2 / n ** 2
+                elif float(d2.detach()) < margin ** 2:
+                    total = total + (margin - d2.sqrt()) ** 2 / n ** 2
+    quant = sum(1 - ((2 * p - 1) ** 2).mean() for p in (p_image, p_text)) / 2
+    return total + weight * quant
+
+
+def test_dchmt_loss_matches_brute_force_value_and_gradient():
+    g = torch.Generator().manual_seed(0)
+    logits_i = torch.randn(5, 3, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    logits_t = torch.randn(5, 3, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 0, 1], [0, 1, 0], [0, 0, 1]], dtype=torch.float64)
+    p_i, p_t = logits_i.softmax(-1), logits_t.softmax(-1)
+    out = {"p_image": p_i, "p_text": p_t, "h_image": B.select_to_code(p_i), "h_text": B.select_to_code(p_t)}
+    terms = B.dchmt_loss(out, labels, vartheta=0.5, quantization_weight=0.1)
+    slow = brute_force_dchmt(p_i, p_t, labels, 0.5, 0.1)
+    torch.testing.assert_close(terms["total"], slow)
+    torch.testing.assert_close(terms["total"], terms["positive"] + terms["negative"] + 0.1 * terms["quantization"])
+    assert_grad_close(terms["total"], slow, (logits_i, logits_t))
+
+
+# --------------------------------------------------------------------------- DSPH
+
+@pytest.mark.parametrize("bits, n_labels, zeta", [
+    (16, 24, 0.0),  # k = 5 <= log2(16) + 1: d = K / 2 (MIRFlickr)
+    (32, 21, 0.0),  # NUS-WIDE
+    (64, 80, 0.0),  # COCO at 64 bits: k = 7
+    (16, 80, 0.25),  # [16, 7, 6]: 1 - 12 / 16
+    (32, 80, 0.125),  # [32, 7, 14]: the Griesmer bound (15) is not attained
+    (8, 4, -0.25),  # [8, 2, 5]: 1 - 10 / 8
+])
+def test_proxy_threshold(bits, n_labels, zeta):
+    assert B.proxy_threshold(bits, n_labels) == pytest.approx(zeta)
+
+
+def test_dsph_proxy_loss_by_hand():
+    # h = (3, 4) -> unit (0.6, 0.8); proxies e1, e2; label 1 only; zeta = 0.5
+    # positive: 1 - 0.6 = 0.4 (|P| = 1); negative: max(0, 0.8 - 0.5) = 0.3 (|N| = 1); both modalities
+    h = torch.tensor([[3.0, 4.0]])
+    out = {"h_image": h, "h_text": h, "proxies": torch.eye(2)}
+    terms = B.dsph_loss(out, torch.tensor([[1.0, 0.0]]), threshold=0.5)
+    assert float(terms["proxy"]) == pytest.approx(1.4)
+    assert float(terms["pair"]) == 0  # a single-label sample has no pair term
+
+
+def test_dsph_pair_term_by_hand():
+    # two samples with two labels each, none shared: the irrelevant pairs are (0, 1) and (1, 0).
+    # image codes (1, 0) and (0.6, 0.8): cos = 0.6; text codes (1, 0) and (-1, 0): cos = -1;
+    # image-text: cos(i0, t1) = -1, cos(i1, t0) = 0.6.  zeta = 0.5, alpha = 0.8:
+    # II: 0.8 * 2 * 0.1 / 2 = 0.08; TT: 0; IT: 0.8 * 0.1 / 2 = 0.04
+    labels = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]])
+    out = {"h_image": torch.tensor([[1.0, 0.0], [0.6, 0.8]]), "h_text": torch.tensor([[1.0, 0.0], [-1.0, 0.0]]),
+           "proxies": torch.randn(4, 2)}
+    terms = B.dsph_loss(out, labels, threshold=0.5, alpha=0.8)
+    assert float(terms["pair"]) == pytest.approx(0.12)
+
+
+def brute_force_dsph(h_i, h_t, proxies, labels, zeta, alpha):
+    def cos(a, b):
+        return (a * b).sum() / (a.norm() * b.norm())
+
+    n, c = labels.shape
+    n_pos = float(labels.sum())
+    n_neg = n * c - n_pos
+    total = h_i.new_zeros(())
+    for h in (h_i, h_t):
+        for i in range(n):
+            for j in range(c):
+                if labels[i, j] == 1:
+                    total = total + (1 - cos(h[i], proxies[j])) / n_pos
+                else:
+                    total = total + torch.relu(cos(h[i], proxies[j]) - zeta) / n_neg
+    multi = [i for i in range(n) if labels[i].sum() > 1]
+    pairs = [(i, j) for i in multi for j in multi if float(labels[i] @ labels[j]) == 0]
+    for a, b in ((h_i, h_i), (h_t, h_t), (h_i, h_t)):
+        for i, j in pairs:
+            total = total + alpha * torch.relu(cos(a[i], b[j]) - zeta) / len(pairs)
+    return total
+
+
+def test_dsph_loss_matches_brute_force_value_and_gradient():
+    g = torch.Generator().manual_seed(1)
+    h_i = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    h_t = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    proxies = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([[1, 1, 0, 0, 0], [0, 0, 1, 1, 0], [1, 0, 0, 0, 0],
+                           [0, 0, 0, 1, 1], [1, 0, 1, 0, 0], [0, 1, 0, 0, 0]], dtype=torch.float64)
+    terms = B.dsph_loss({"h_image": h_i, "h_text": h_t, "proxies": proxies}, labels, threshold=-0.2, alpha=0.8)
+    slow = brute_force_dsph(h_i, h_t, proxies, labels, -0.2, 0.8)
+    assert float(terms["pair"].detach()) > 0
+    torch.testing.assert_close(terms["total"], slow)
+    assert_grad_close(terms["total"], slow, (h_i, h_t, proxies))
+
+
+# --------------------------------------------------------------------------- ITQ
+
+def test_itq_rotation_is_orthogonal_and_error_never_increases():
+    v = torch.randn(200, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    v = v - v.mean(0)
+    rotation, errors = B.itq_rotation(v, 50, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(rotation.T @ rotation, torch.eye(6, dtype=torch.float64))
+    assert len(errors) == 50
+    assert all(b <= a + 1e-9 for a, b in zip(errors, errors[1:]))
+    assert errors[-1] < errors[0]
+    again, errors_again = B.itq_rotation(v, 50, torch.Generator().manual_seed(3))
+    assert torch.equal(rotation, again) and errors == errors_again
+
+
+def test_itq_fit_codes_and_determinism():
+    g = torch.Generator().manual_seed(0)
+    image, text = torch.randn(40, 10, generator=g), torch.randn(40, 10, generator=g)
+    models = []
+    for _ in range(2):
+        model = B.ITQ(B.ItqConfig(image_dim=10, text_dim=10, bits=4))
+        model.fit(image, text, seed=5)
+        models.append(model)
+    assert not any(p.requires_grad for p in models[0].parameters())
+    torch.testing.assert_close(models[0].projection.T @ models[0].projection, torch.eye(4))
+    for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values()):
+        assert torch.equal(a, b)
+    h = models[0].encode_image(image)
+    assert h.abs().max() < 1
+    assert set(binarize(h).unique().tolist()) <= {-1.0, 1.0}
+
+
+def test_itq_needs_clip_text():
+    with pytest.raises(ValueError, match="'itq' needs text: clip"):
+        MethodSpec(model="itq", text="bow")
+    with pytest.raises(ValueError, match="itq needs image and text features of one space"):
+        B.ITQ(B.ItqConfig(image_dim=8, text_dim=10, bits=4))
+
+
+# --------------------------------------------------------------------------- end to end
+
+N, C, D = 120, 4, 16
+N_QUERY, N_TRAIN = 24, 64
+BITS = 8
+PARAMS = dict(epochs=15, batch_size=32, feature_dim=32, lr=1e-2, lr_min=1e-3, dropout=0.0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def separable_files(tmp_path_factory):
+    """Labels drive both modalities (CLIP-like features and bag-of-words): a separable problem."""
+    root = tmp_path_factory.mktemp("separable")
+    rng = np.random.default_rng(0)
+    labels = np.zeros((N, C), np.uint8)
+    labels[np.arange(N), rng.integers(C, size=N)] = 1
+    extra = rng.random(N) < 0.3  # about a third of the samples carry a second label
+    labels[extra, rng.integers(C, size=int(extra.sum()))] = 1
+    image = labels @ rng.standard_normal((C, D)) + 0.3 * rng.standard_normal((N, D))
+    text = labels @ rng.standard_normal((C, D)) + 0.3 * rng.standard_normal((N, D))
+    bow = ((labels @ rng.random((C, 12)) + 0.3 * rng.random((N, 12))) > 0.6).astype(np.uint8)
+    order = rng.permutation(N)
+    s = h5py.string_dtype()
+    pairs = root / "pairs.h5"
+    with h5py.File(pairs, "w") as f:
+        f.attrs.update(dataset="separable", n_query=N_QUERY, n_train=N_TRAIN, split_seed=0)
+        f.create_dataset("ids", data=[f"s{i}" for i in range(N)], dtype=s)
+        f.create_dataset("image_paths", data=[f"i{i}.png" for i in range(N)], dtype=s)
+        f.create_dataset("texts", data=["w"] * N, dtype=s)
+        f.create_dataset("labels", data=labels)
+        f.create_dataset("label_names", data=[f"l{i}" for i in range(C)], dtype=s)
+        f.create_dataset("bow", data=bow)
+        f.create_dataset("vocabulary", data=[f"w{i}" for i in range(12)], dtype=s)
+        f.create_dataset("split/query", data=np.sort(order[:N_QUERY]))
+        f.create_dataset("split/database", data=np.sort(order[N_QUERY:]))
+        f.create_dataset("split/train", data=np.sort(order[N_QUERY:N_QUERY + N_TRAIN]))
+    features = root / "features.h5"
+    with h5py.File(features, "w") as f:
+        f.attrs.update(model="tiny", pretrained="none")
+        f.create_dataset("image", data=image.astype(np.float16))
+        f.create_dataset("text", data=text.astype(np.float16))
+        f.create_dataset("label_text", data=rng.standard_normal((C, D)).astype(np.float16))
+    graph = root / "graph.h5"
+    build_graph(pairs, graph, 0.3, *clip_label_embeddings(features))
+    return {"pairs": pairs, "features": features, "graph": graph}
+
+
+def retrieval_map(codes_path):
+    """Mean of I->T and T->I mAP, query against database, from codes.h5."""
+    with h5py.File(codes_path, "r") as f:
+        q, d = ({k: f[f"{split}/{k}"][:] for k in ("image", "text", "labels")} for split in ("query", "database"))
+    return 0.5 * (mean_average_precision(q["image"], d["text"], q["labels"], d["labels"])
+                  + mean_average_precision(q["text"], d["image"], q["labels"], d["labels"]))
+
+
+def random_codes_map(files):
+    with h5py.File(files["pairs"], "r") as f:
+        labels = f["labels"][:]
+        query, database = f["split/query"][:], f["split/database"][:]
+    rng = np.random.default_rng(0)
+    scores = [mean_average_precision(rng.choice([-1, 1], (len(query), BITS)),
+                                     rng.choice([-1, 1], (len(database), BITS)), labels[query], labels[database])
+              for _ in range(5)]
+    return float(np.mean(scores))
+
+
+@pytest.mark.parametrize("model, text", [("dchmt", "clip"), ("dsph", "clip"), ("dsph", "bow"), ("itq", "clip")])
+def test_baseline_trains_saves_and_encodes(separable_files, tmp_path, model, text):
+    files = separable_files
+    out = tmp_path / "model.pt"
+    # DCHMT's pairwise loss on 2-way softmaxes learns more slowly than DSPH's proxies
+    params = {**PARAMS, "epochs": 30} if model == "dchmt" else PARAMS
+    result = training.train(files["pairs"], files["features"], files["graph"], out, f"{model}-{text}", BITS,
+                            dict(params), dataset="separable", spec={"model": model, "text": text})
+    assert out.exists() and not (tmp_path / "model.pt.ckpt").exists()
+    if model == "itq":
+        assert result["history"] == [] and result["epoch_selection"] == "closed form (no training epochs)"
+    else:
+        assert len(result["history"]) == params["epochs"]
+        assert all(math.isfinite(h["total"]) for h in result["history"])
+        assert result["history"][-1]["total"] < result["history"][0]["total"]
+
+    ckpt = torch.load(out, weights_only=False)
+    rebuilt = model_from_checkpoint(ckpt).eval()
+    assert type(rebuilt).__name__ == model.upper()
+    assert rebuilt.state_dict().keys() == result["state_dict"].keys()
+    assert all(torch.equal(v, result["state_dict"][k]) for k, v in rebuilt.state_dict().items())
+    codes = encode_dataset(out, files["pairs"], files["features"], tmp_path / "codes.h5", batch_size=7)
+    with h5py.File(codes, "r") as f:
+        for split in ("query", "database"):
+            data = training.load_split(files["pairs"], files["features"], split, text=text)
+            with torch.no_grad():
+                want_image = binarize(rebuilt.encode_image(data.image)).to(torch.int8).numpy()
+                want_text = binarize(rebuilt.encode_text(data.text)).to(torch.int8).numpy()
+            np.testing.assert_array_equal(f[f"{split}/image"][:], want_image)
+            np.testing.assert_array_equal(f[f"{split}/text"][:], want_text)
+            assert set(np.unique(want_image)) <= {-1, 1}
+
+    if model in ("dchmt", "dsph"):
+        # supervised baselines separate a separable problem clearly better than random codes
+        assert retrieval_map(codes) > random_codes_map(files) + 0.25  # about 0.91-0.95 vs 0.41
+
+
+def test_itq_with_bow_fails_before_training(separable_files, tmp_path):
+    files = separable_files
+    with pytest.raises(ValueError, match="'itq' needs text: clip"):
+        training.train(files["pairs"], files["features"], files["graph"], tmp_path / "model.pt", "itq", BITS,
+                       dict(PARAMS), dataset="separable")
+    assert not (tmp_path / "model.pt").exists()
