@@ -1,3 +1,4 @@
+import os
 import re
 import sys
 
@@ -33,6 +34,15 @@ def is_synthetic(dataset):
 def encoder_name():
     """The {encoder} path component: model name and weights, e.g. ViT-B-32_openai."""
     return encoder_slug(config["clip"]["model"], config["clip"]["pretrained"])
+
+
+def get_clip_weights(wildcards):
+    """Named weights (e.g. openai) are fetched once by a local rule, so compute nodes without
+    internet find them in the cache; random weights and local checkpoints need nothing."""
+    pretrained = config["clip"]["pretrained"]
+    if pretrained.lower() == "none" or os.path.exists(pretrained):
+        return []
+    return f"resources/weights/{encoder_name()}.txt"
 
 
 def get_features(wildcards):

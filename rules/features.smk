@@ -1,6 +1,27 @@
+rule fetch_clip_weights:
+    output:
+        done="resources/weights/{encoder}.txt",
+    log:
+        "logs/fetch_clip_weights/{encoder}.log",
+    params:
+        model=config["clip"]["model"],
+        pretrained=config["clip"]["pretrained"],
+    threads: 1
+    resources:
+        downloads=1,
+        mem_mb=4000,
+        runtime=60,
+    localrule: True
+    conda:
+        "../envs/egath.yaml"
+    script:
+        "../scripts/fetch_clip_weights.py"
+
+
 rule extract_features:
     input:
         pairs=rules.build_pairs.output.pairs,
+        weights=get_clip_weights,
     output:
         features="results/{dataset}/features/{encoder}.h5",
     log:

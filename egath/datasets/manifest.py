@@ -6,6 +6,7 @@ own data share the same vocabulary and split logic. Formats: docs/formats.md.
 from __future__ import annotations
 
 import csv
+import os
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -90,7 +91,7 @@ def read_manifest(manifest_path: str | Path, labels_path: str | Path | None = No
             if unknown:
                 raise ValueError(f"{where}: sample {sample_id!r} has labels not in {labels_path}: "
                                  f"{unknown}")
-            image_path = Path(image) if Path(image).is_absolute() else manifest_path.parent / image
+            image_path = Path(os.path.normpath(manifest_path.parent / image))  # absolute stays absolute
             if check_images and not image_path.is_file():
                 raise FileNotFoundError(f"{where}: image of sample {sample_id!r} not found: "
                                         f"{image_path}")
