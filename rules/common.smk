@@ -73,7 +73,7 @@ def get_train_params(wildcards):
     params = dict(config["training"])
     for override in config["train_overrides"]:
         if (
-            override["dataset"] == wildcards.dataset
+            override.get("dataset", wildcards.dataset) == wildcards.dataset
             and override.get("bits", int(wildcards.bits)) == int(wildcards.bits)
             and override.get("method", wildcards.method) == wildcards.method
         ):

@@ -7,8 +7,6 @@ rule encode:
         codes="results/{dataset}/{method}/{bits}/codes.h5",
     log:
         "logs/encode/{dataset}/{method}/{bits}.log",
-    params:
-        device=config["device"],
     threads: 2
     resources:
         mem_mb=8000,

@@ -4,7 +4,6 @@ setup_logging(snakemake.log[0])
 
 import torch
 
-from egath.devices import select_device
 from egath.encoding import encode_dataset
 
 torch.set_num_threads(snakemake.threads)
@@ -13,5 +12,5 @@ encode_dataset(
     snakemake.input.pairs,
     snakemake.input.features,
     snakemake.output.codes,
-    device=select_device(snakemake.params.device),
+    device="cpu",  # a forward pass of small heads: not worth holding a GPU for
 )

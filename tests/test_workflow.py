@@ -30,7 +30,8 @@ TINY_CONFIG = {
         }
     },
     "bits": BITS,
-    "methods": ["egath"],
+    "methods": {"egath": {}},
+    "label_embeddings": {"source": "clip"},
     "clip": {"model": "egath-tiny-vit", "pretrained": "none", "batch_size": 64, "num_workers": 0},
     "device": "cpu",
     "training": {"epochs": 2, "batch_size": 16, "d_model": 16, "ff_dim": 16, "feature_dim": 16,
