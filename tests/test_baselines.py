@@ -16,14 +16,7 @@ from egath.graph import build_graph, clip_label_embeddings
 from egath.losses import binarize
 from egath.methods import MethodSpec, model_from_checkpoint
 from egath.metrics import mean_average_precision
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from h5files import write_features, write_pairs
 
 
 def assert_grad_close(fast, slow, inputs):
@@ -219,26 +212,10 @@ def separable_files(tmp_path_factory):
     text = labels @ rng.standard_normal((C, D)) + 0.3 * rng.standard_normal((N, D))
     bow = ((labels @ rng.random((C, 12)) + 0.3 * rng.random((N, 12))) > 0.6).astype(np.uint8)
     order = rng.permutation(N)
-    s = h5py.string_dtype()
-    pairs = root / "pairs.h5"
-    with h5py.File(pairs, "w") as f:
-        f.attrs.update(dataset="separable", n_query=N_QUERY, n_train=N_TRAIN, split_seed=0)
-        f.create_dataset("ids", data=[f"s{i}" for i in range(N)], dtype=s)
-        f.create_dataset("image_paths", data=[f"i{i}.png" for i in range(N)], dtype=s)
-        f.create_dataset("texts", data=["w"] * N, dtype=s)
-        f.create_dataset("labels", data=labels)
-        f.create_dataset("label_names", data=[f"l{i}" for i in range(C)], dtype=s)
-        f.create_dataset("bow", data=bow)
-        f.create_dataset("vocabulary", data=[f"w{i}" for i in range(12)], dtype=s)
-        f.create_dataset("split/query", data=np.sort(order[:N_QUERY]))
-        f.create_dataset("split/database", data=np.sort(order[N_QUERY:]))
-        f.create_dataset("split/train", data=np.sort(order[N_QUERY:N_QUERY + N_TRAIN]))
-    features = root / "features.h5"
-    with h5py.File(features, "w") as f:
-        f.attrs.update(model="tiny", pretrained="none")
-        f.create_dataset("image", data=image.astype(np.float16))
-        f.create_dataset("text", data=text.astype(np.float16))
-        f.create_dataset("label_text", data=rng.standard_normal((C, D)).astype(np.float16))
+    query, train = order[:N_QUERY], order[N_QUERY:N_QUERY + N_TRAIN]
+    pairs, features = root / "pairs.h5", root / "features.h5"
+    write_pairs(pairs, labels, query, train, bow=bow, dataset="separable")
+    write_features(features, image, text, rng.standard_normal((C, D)))
     graph = root / "graph.h5"
     build_graph(pairs, graph, 0.3, *clip_label_embeddings(features))
     return {"pairs": pairs, "features": features, "graph": graph}
@@ -306,3 +283,12 @@ def test_itq_with_bow_fails_before_training(separable_files, tmp_path):
         training.train(files["pairs"], files["features"], files["graph"], tmp_path / "model.pt", "itq", BITS,
                        dict(PARAMS), dataset="separable")
     assert not (tmp_path / "model.pt").exists()
+
+
+def test_itq_ignores_validation_selection(separable_files, tmp_path):
+    files = separable_files
+    params = {**PARAMS, "selection": "validation", "n_validation": 8}
+    result = training.train(files["pairs"], files["features"], files["graph"], tmp_path / "model.pt", "itq",
+                            BITS, params, dataset="separable", spec={"model": "itq", "text": "clip"})
+    assert result["epoch_selection"] == "closed form (no training epochs)"
+    assert (tmp_path / "model.pt").exists()

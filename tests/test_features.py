@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+import h5files
 from egath import features as F
 from egath.naming import encoder_slug
 
@@ -31,37 +32,13 @@ WORDS = ["sky", "red", "blue", "tree", "water", "cloud", "sun", "dog"]
 LABELS = ["sky", "tree", "water", "animal"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # The models are tiny: on a small shared machine, thread start-up and contention cost
-    # far more than they save.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def write_pairs(path, image_paths, texts, labels, label_names, n_query=4, n_train=8, seed=0):
     """Write a pairs.h5 in the format of docs/formats.md."""
-    n = len(image_paths)
-    str_dt = h5py.string_dtype()
     vocab = sorted({w for t in texts for w in t.split()})
     bow = np.array([[w in t.split() for w in vocab] for t in texts], dtype=np.uint8)
-    perm = np.random.default_rng(seed).permutation(n)
-    with h5py.File(path, "w") as f:
-        f.create_dataset("ids", data=[f"s{i:04d}" for i in range(n)], dtype=str_dt)
-        f.create_dataset("image_paths", data=[str(p) for p in image_paths], dtype=str_dt)
-        f.create_dataset("texts", data=list(texts), dtype=str_dt)
-        f.create_dataset("labels", data=np.asarray(labels, dtype=np.uint8))
-        f.create_dataset("label_names", data=list(label_names), dtype=str_dt)
-        f.create_dataset("bow", data=bow)
-        f.create_dataset("vocabulary", data=vocab, dtype=str_dt)
-        f.create_dataset("split/query", data=np.sort(perm[:n_query]).astype(np.int64))
-        f.create_dataset("split/database", data=np.sort(perm[n_query:]).astype(np.int64))
-        f.create_dataset(
-            "split/train", data=np.sort(perm[n_query:n_query + n_train]).astype(np.int64)
-        )
-        f.attrs.update(dataset="test", n_query=n_query, n_train=n_train, split_seed=seed)
+    query, train = h5files.permutation_split(len(image_paths), n_query, n_train, seed)
+    h5files.write_pairs(path, labels, query, train, bow=bow, texts=list(texts), image_paths=image_paths,
+                        label_names=list(label_names), vocabulary=vocab, split_seed=seed)
 
 
 def make_dataset(root: Path, n=N):

@@ -5,6 +5,8 @@ import h5py
 import numpy as np
 import pytest
 
+import h5files
+
 from egath.graph import (build_graph, clip_label_embeddings, cooccurrence_graph, glove_label_embeddings,
                          load_graph, read_label_names)
 
@@ -81,30 +83,12 @@ QUERY = np.array([5, 6, 7])
 
 
 def write_pairs(path, labels=ALL_LABELS, names=NAMES, train=TRAIN, query=QUERY):
-    n = len(labels)
-    database = np.setdiff1d(np.arange(n), query)
-    s = h5py.string_dtype()
-    with h5py.File(path, "w") as f:
-        f.attrs.update(dataset="hand", n_query=len(query), n_train=len(train), split_seed=0)
-        f.create_dataset("ids", data=[f"s{i}" for i in range(n)], dtype=s)
-        f.create_dataset("image_paths", data=[f"i{i}.png" for i in range(n)], dtype=s)
-        f.create_dataset("texts", data=["w"] * n, dtype=s)
-        f.create_dataset("labels", data=labels.astype(np.uint8))
-        f.create_dataset("label_names", data=names, dtype=s)
-        f.create_dataset("bow", data=np.ones((n, 1), np.uint8))
-        f.create_dataset("vocabulary", data=["w"], dtype=s)
-        f.create_dataset("split/query", data=np.sort(query).astype(np.int64))
-        f.create_dataset("split/database", data=database.astype(np.int64))
-        f.create_dataset("split/train", data=np.sort(train).astype(np.int64))
+    h5files.write_pairs(path, labels, query, train, label_names=names, dataset="hand")
 
 
 def write_features(path, n_labels=3, dim=4, seed=0):
     label_text = np.random.default_rng(seed).standard_normal((n_labels, dim)).astype(np.float16)
-    with h5py.File(path, "w") as f:
-        f.attrs.update(model="tiny", pretrained="none")
-        f.create_dataset("image", data=np.zeros((8, dim), np.float16))
-        f.create_dataset("text", data=np.zeros((8, dim), np.float16))
-        f.create_dataset("label_text", data=label_text)
+    h5files.write_features(path, np.zeros((8, dim)), np.zeros((8, dim)), label_text)
     return label_text
 
 

@@ -15,19 +15,11 @@ from egath.losses import binarize
 from egath import losses
 from egath.methods import model_from_checkpoint
 from egath.model import ModelConfig, build_model
+from h5files import permutation_split, write_features, write_pairs
 
 
 def build_graph_from_clip(pairs, features, out, threshold):
     return build_graph(pairs, out, threshold, *clip_label_embeddings(features))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # tiny models on a small shared machine: threads cost more than they save
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------- GAT classifier
@@ -128,31 +120,14 @@ def data_files(tmp_path_factory):
     labels[np.arange(N), rng.integers(C, size=N)] = 1
     bow = ((labels @ rng.random((C, VOCAB)) + rng.random((N, VOCAB))) > 0.9).astype(np.uint8)
     image = (labels @ rng.standard_normal((C, D_IMG)) + 0.3 * rng.standard_normal((N, D_IMG)))
-    order = np.random.default_rng(1).permutation(N)
-    s = h5py.string_dtype()
-    pairs = root / "pairs.h5"
-    with h5py.File(pairs, "w") as f:
-        f.attrs.update(dataset="tiny", n_query=N_QUERY, n_train=N_TRAIN, split_seed=1)
-        f.create_dataset("ids", data=[f"s{i}" for i in range(N)], dtype=s)
-        f.create_dataset("image_paths", data=[f"i{i}.png" for i in range(N)], dtype=s)
-        f.create_dataset("texts", data=["w"] * N, dtype=s)
-        f.create_dataset("labels", data=labels)
-        f.create_dataset("label_names", data=[f"l{i}" for i in range(C)], dtype=s)
-        f.create_dataset("bow", data=bow)
-        f.create_dataset("vocabulary", data=[f"w{i}" for i in range(VOCAB)], dtype=s)
-        f.create_dataset("split/query", data=np.sort(order[:N_QUERY]).astype(np.int64))
-        f.create_dataset("split/database", data=np.sort(order[N_QUERY:]).astype(np.int64))
-        f.create_dataset("split/train", data=np.sort(order[N_QUERY:N_QUERY + N_TRAIN]).astype(np.int64))
-    features = root / "features.h5"
-    with h5py.File(features, "w") as f:
-        f.attrs.update(model="tiny", pretrained="none")
-        f.create_dataset("image", data=image.astype(np.float16))
-        f.create_dataset("text", data=rng.standard_normal((N, D_IMG)).astype(np.float16))
-        f.create_dataset("label_text", data=rng.standard_normal((C, D_IMG)).astype(np.float16))
+    query, train = permutation_split(N, N_QUERY, N_TRAIN, seed=1)
+    pairs, features = root / "pairs.h5", root / "features.h5"
+    write_pairs(pairs, labels, query, train, bow=bow, dataset="tiny", split_seed=1)
+    write_features(features, image, rng.standard_normal((N, D_IMG)), rng.standard_normal((C, D_IMG)))
     graph = root / "graph.h5"
     build_graph_from_clip(pairs, features, graph, 0.3)
     return {"pairs": pairs, "features": features, "graph": graph, "labels": labels,
-            "query": np.sort(order[:N_QUERY]), "database": np.sort(order[N_QUERY:])}
+            "query": query, "database": np.setdiff1d(np.arange(N), query)}
 
 
 def run_train(files, out, method="egath", params=None, **kwargs):
@@ -210,9 +185,8 @@ def test_history_and_output_file(reference_run):
     assert_same_state(saved["state_dict"], result["state_dict"])
 
 
-def test_interrupted_run_resumes_to_the_same_state(data_files, reference_run, tmp_path, monkeypatch):
-    _, uninterrupted = reference_run
-    out = tmp_path / "model.pt"
+def interrupt_in_epoch_2(monkeypatch, train_once):
+    """Run `train_once` with the B update of epoch 2 failing, as a kill after epoch 1 would."""
     real = losses.update_codes
     calls = {"n": 0}
 
@@ -224,8 +198,14 @@ def test_interrupted_run_resumes_to_the_same_state(data_files, reference_run, tm
 
     monkeypatch.setattr(losses, "update_codes", fail_on_second_call)
     with pytest.raises(RuntimeError, match="simulated interruption"):
-        run_train(data_files, out)
+        train_once()
     monkeypatch.setattr(losses, "update_codes", real)
+
+
+def test_interrupted_run_resumes_to_the_same_state(data_files, reference_run, tmp_path, monkeypatch):
+    _, uninterrupted = reference_run
+    out = tmp_path / "model.pt"
+    interrupt_in_epoch_2(monkeypatch, lambda: run_train(data_files, out))
     ckpt_path = tmp_path / "model.pt.ckpt"
     assert ckpt_path.exists() and not out.exists()
     ckpt = torch.load(ckpt_path, weights_only=False)
@@ -243,25 +223,11 @@ def test_interrupted_run_resumes_to_the_same_state(data_files, reference_run, tm
 
 def test_checkpoint_of_other_settings_is_ignored(data_files, reference_run, tmp_path, monkeypatch):
     _, uninterrupted = reference_run
-    out = tmp_path / "model.pt"
-    # a finished checkpoint from a run with another seed must not be resumed
-    other = tmp_path / "other.pt"
-    real = losses.update_codes
-
-    calls = {"n": 0}
-
-    def stop_second(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("simulated interruption")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(losses, "update_codes", stop_second)
-    with pytest.raises(RuntimeError, match="simulated interruption"):
-        run_train(data_files, other, params={**PARAMS, "seed": 7})
-    monkeypatch.setattr(losses, "update_codes", real)
+    # a checkpoint from a run with another seed must not be resumed
+    interrupt_in_epoch_2(monkeypatch, lambda: run_train(data_files, tmp_path / "other.pt",
+                                                       params={**PARAMS, "seed": 7}))
     (tmp_path / "other.pt.ckpt").rename(tmp_path / "model.pt.ckpt")
-    result = run_train(data_files, out)
+    result = run_train(data_files, tmp_path / "model.pt")
     assert_same_state(uninterrupted["state_dict"], result["state_dict"])
 
 
@@ -349,3 +315,31 @@ def test_egath_g_train_checkpoint_and_encode(data_files, tmp_path):
     with h5py.File(tmp_path / "codes.h5", "r") as f:
         assert f["query/image"].shape == (N_QUERY, BITS)
         assert set(np.unique(f["database/text"][:])) <= {-1, 1}
+
+
+# --------------------------------------------------------------------------- epoch selection
+
+def test_validation_selection_keeps_the_best_epoch(data_files, tmp_path):
+    params = {**PARAMS, "epochs": 4, "selection": "validation", "n_validation": 8}
+    result = run_train(data_files, tmp_path / "model.pt", params=params)
+    scores = [h["validation_map"] for h in result["history"]]
+    best_epoch = int(np.argmax(scores)) + 1
+    assert f"epoch {best_epoch} of 4" in result["epoch_selection"]
+    # the kept weights give back the best validation mAP on the same held-out pairs
+    train_data = training.load_split(data_files["pairs"], data_files["features"], "train")
+    _, validation = training.split_validation(train_data, 8, seed=0)
+    model = model_from_checkpoint(torch.load(tmp_path / "model.pt", weights_only=False))
+    assert training.validation_map(model, validation, "cpu") == pytest.approx(max(scores), abs=1e-12)
+    assert validation.labels.shape[0] == 8
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"selection": "validation"}, "n_validation"),
+    ({"n_validation": 5}, "n_validation"),
+    ({"selection": "best_test"}, "selection"),
+    ({"selection": "validation", "n_validation": N_TRAIN}, "n_validation"),
+])
+def test_bad_selection_settings_are_refused(data_files, tmp_path, params, message):
+    with pytest.raises(ValueError, match=message):
+        run_train(data_files, tmp_path / "model.pt", params={**PARAMS, **params})
+    assert not (tmp_path / "model.pt").exists()
