@@ -107,9 +107,10 @@ def get_all_metrics():
 
 
 def get_reference_table():
-    """Published numbers to show beside the measured ones, if configured."""
+    """Published numbers to show beside the measured ones, if configured (a relative path is
+    relative to the workflow's folder, where the shipped tables live)."""
     path = config["report"]["reference_table"]
-    return [path] if path else []
+    return [os.path.join(workflow.basedir, path)] if path else []
 
 
 def get_final_output():

@@ -137,6 +137,6 @@ def test_figures_are_valid_png_and_pdf(tmp_path, metrics, plot):
     image = imread(png)
     assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 400
     assert pdf.read_bytes().startswith(b"%PDF")
-    with pytest.raises(ValueError, match="no metrics"):
+    with pytest.raises(ValueError, match="no runs"):
         plot(metrics, "flickr", 128, tmp_path / "g.png", tmp_path / "g.pdf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.pdf", "f.png"]

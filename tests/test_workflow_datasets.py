@@ -60,7 +60,7 @@ def test_mirflickr_archives_in_place_run_through_every_stage(tmp_path):
 
     kept = [i for i in range(1, N_IMAGES + 1) if labels_of(i)]  # every image has a frequent tag
     with h5py.File(tmp_path / "results/mirflickr25k/pairs.h5") as pairs:
-        assert [s.decode() for s in pairs["label_names"][:]] == MIRFLICKR_LABELS
+        assert [s.decode() for s in pairs["label_names"][:]] == list(MIRFLICKR_LABELS)
         assert pairs["labels"].shape == (len(kept), 24)
         expected = np.zeros((len(kept), 24), np.uint8)
         for row, i in enumerate(kept):
