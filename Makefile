@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEMO := --configfile configs/demo.yaml --replace-workflow-config
+DEMO := --workflow-profile profiles/demo
 export HF_HUB_OFFLINE := 1
 
 .PHONY: demo test lint dry-run clean
@@ -15,7 +15,7 @@ $(VENV)/installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/installed
-	$(BIN)/snakemake --cores 2 $(DEMO)
+	$(BIN)/snakemake $(DEMO)
 	$(MAKE) results/report.html
 
 results/report.html: results/tables/map.csv

@@ -41,8 +41,8 @@ class MethodSpec:
 
     @classmethod
     def parse(cls, method: str, spec: dict | None) -> "MethodSpec":
-        """The spec from config, or, without one, the method name read as a model name."""
-        return cls(**spec) if spec else cls(model=method)
+        """The spec from config; where it names no model, the method's name is the model."""
+        return cls(**{"model": method, **(spec or {})})
 
 
 def build_method(spec: MethodSpec, bits: int, cfg, data, graph):

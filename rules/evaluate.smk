@@ -1,26 +1,10 @@
-rule encode:
+rule evaluate:
     input:
         model=rules.train.output.model,
         pairs=rules.build_pairs.output.pairs,
         features=get_features,
     output:
         codes="results/{dataset}/{method}/{bits}/codes.h5",
-    log:
-        "logs/encode/{dataset}/{method}/{bits}.log",
-    threads: 2
-    resources:
-        mem_mb=8000,
-        runtime=30,
-    conda:
-        "../envs/egath.yaml"
-    script:
-        "../scripts/encode.py"
-
-
-rule evaluate:
-    input:
-        codes=rules.encode.output.codes,
-    output:
         metrics="results/{dataset}/{method}/{bits}/metrics.json",
     log:
         "logs/evaluate/{dataset}/{method}/{bits}.log",
@@ -28,7 +12,7 @@ rule evaluate:
         protocol=get_protocol,
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=8000,
         runtime=30,
     conda:
         "../envs/egath.yaml"

@@ -292,3 +292,10 @@ def test_itq_ignores_validation_selection(separable_files, tmp_path):
                             BITS, params, dataset="separable", spec={"model": "itq", "text": "clip"})
     assert result["epoch_selection"] == "closed form (no training epochs)"
     assert (tmp_path / "model.pt").exists()
+
+
+def test_a_spec_without_model_takes_the_method_name():
+    assert MethodSpec.parse("itq", {"text": "clip"}) == MethodSpec(model="itq", text="clip")
+    assert MethodSpec.parse("egath-cliptext", {"model": "egath", "text": "clip"}).model == "egath"
+    with pytest.raises(ValueError, match="unknown method model 'mine'"):
+        MethodSpec.parse("mine", {"text": "clip"})
