@@ -16,9 +16,9 @@ __all__ = ["collect_metrics", "write_map_table", "plot_pr_curves", "plot_precisi
 
 TASKS = ("i2t", "t2i")
 TASK_TITLES = {"i2t": "image → text", "t2i": "text → image"}
-# Okabe & Ito colour-blind safe palette (black last: it is used when there are many methods)
-COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442",
-           "#000000")
+# Okabe & Ito colour-blind safe palette; its yellow, faint on white, comes last
+COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000",
+           "#F0E442")
 LINESTYLES = ("-", "--", "-.", ":")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 CSV_COLUMNS = ("dataset", "method", "bits", "task", "map", "map_tie_aware", "map_random_codes")

@@ -2,6 +2,11 @@
 checkpoint and resume) and egath.encoding (codes.h5)."""
 
 import math
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 import h5py
 import numpy as np
@@ -343,3 +348,42 @@ def test_bad_selection_settings_are_refused(data_files, tmp_path, params, messag
     with pytest.raises(ValueError, match=message):
         run_train(data_files, tmp_path / "model.pt", params={**PARAMS, **params})
     assert not (tmp_path / "model.pt").exists()
+
+
+def test_training_killed_with_sigkill_resumes_to_the_same_codes(data_files, reference_run, tmp_path):
+    """A real kill -9 after the first epoch's checkpoint, then a rerun: the codes equal those
+    of the uninterrupted run."""
+    reference_out, _ = reference_run
+    out = tmp_path / "model.pt"
+    script = textwrap.dedent(f"""
+        import time, torch
+        from egath import losses, training
+        torch.set_num_threads(1)
+        real = losses.update_codes
+        calls = []
+        def slow_after_first_epoch(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                time.sleep(600)  # killed here, with epoch 1 checkpointed
+            return real(*args, **kwargs)
+        losses.update_codes = slow_after_first_epoch
+        training.train({str(data_files['pairs'])!r}, {str(data_files['features'])!r},
+                       {str(data_files['graph'])!r}, {str(out)!r}, "egath", {BITS}, {PARAMS!r},
+                       dataset="tiny")
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script])
+    checkpoint = tmp_path / "model.pt.ckpt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    time.sleep(0.5)  # the checkpoint is renamed into place whole; give the epoch-2 call time to start
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert checkpoint.exists() and not out.exists()
+
+    run_train(data_files, out)
+    encode_dataset(reference_out, data_files["pairs"], data_files["features"], tmp_path / "ref.h5")
+    encode_dataset(out, data_files["pairs"], data_files["features"], tmp_path / "resumed.h5")
+    with h5py.File(tmp_path / "ref.h5") as a, h5py.File(tmp_path / "resumed.h5") as b:
+        for key in ("query/image", "query/text", "database/image", "database/text"):
+            np.testing.assert_array_equal(a[key][:], b[key][:])
