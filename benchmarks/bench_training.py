@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 import torch
 
-from egath.graph import build_graph, cooccurrence_graph
+from egath.graph import build_graph
 from egath.training import train
 
 
