@@ -125,11 +125,14 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
     """Train one method and write its self-describing checkpoint to `out_path`.
 
     `method` names the run; `spec` (model, text input) defaults to the method name read as a
-    model name. `checkpoint_path` (default: `out_path` + `.ckpt`) holds the state after each
+    model name; `dataset` defaults to the name pairs.h5 carries. `checkpoint_path` (default: `out_path` + `.ckpt`) holds the state after each
     epoch; it is removed once `out_path` is written.
     """
     cfg = TrainConfig.from_dict(params)
     method_spec = MethodSpec.parse(method, spec)
+    if not dataset:
+        with open_h5(pairs_path) as pairs:
+            dataset = str(pairs.attrs.get("dataset", ""))
     torch.manual_seed(cfg.seed)
     data = load_split(pairs_path, features_path, "train", text=method_spec.text)
     validation = None
