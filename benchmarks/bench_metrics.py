@@ -92,6 +92,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     fast1 = metrics.mean_average_precision(q, db, ql, dl, threads=1)
     t_fast1 = time.perf_counter() - t0
+    assert fast1 == fast, "the thread count must not change the result"
     tracemalloc.start()
     metrics.mean_average_precision(q, db, ql, dl, threads=threads)
     peak = tracemalloc.get_traced_memory()[1]

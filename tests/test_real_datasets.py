@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from egath.datasets.coco import prepare_coco
-from egath.datasets.download import DatasetError, is_empty_text
+from egath.datasets.raw import DatasetError, is_empty_text
 from egath.datasets.mirflickr import MIRFLICKR_LABELS, prepare_mirflickr25k
 from egath.datasets.nuswide import prepare_nuswide
 

@@ -21,8 +21,9 @@ import json
 import logging
 from pathlib import Path
 
-from .download import (SOURCES, DatasetError, check_images, clean_text, is_empty_text,
-                       log_counts, manifest_image_path, require_file, write_manifest)
+from egath.datasets.download import SOURCES
+from egath.datasets.raw import (DatasetError, check_images, clean_text, is_empty_text, log_counts,
+                               manifest_image_path, require_file, write_manifest)
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,4 @@
-"""Downloading and unpacking the original dataset archives, and the raw-file helpers the
-dataset preparers share.
+"""Downloading and unpacking the original dataset archives.
 
 `SOURCES` lists, per dataset, the official files with their URLs. No checksum is published
 by the dataset owners, so `sha256` is None unless it is known for certain; pass your own
@@ -12,14 +11,14 @@ import hashlib
 import http.client
 import logging
 import os
-import re
 import tarfile
 import time
 import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import Iterable, Sequence
+
+from egath.datasets.raw import DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +98,6 @@ SOURCES: dict[str, dict] = {
 
 class DownloadError(RuntimeError):
     """A download failed for good (after retries) or its checksum did not match."""
-
-
-class DatasetError(RuntimeError):
-    """Raw dataset files are missing, malformed, or inconsistent."""
 
 
 # --------------------------------------------------------------------------- download
@@ -302,87 +297,3 @@ def fetch_dataset(name: str, raw_dir: str | os.PathLike, unpack: bool = True,
             stamp.touch()
         got.append(path)
     return got
-
-
-# --------------------------------------------------------------- shared preparer helpers
-
-def require_file(path: Path, what: str, hint: str = "") -> Path:
-    if not path.is_file():
-        msg = f"missing {what}: {path}"
-        raise DatasetError(msg + (f"\n{hint}" if hint else ""))
-    return path
-
-
-def find_first(candidates: Iterable[Path], what: str, hint: str = "") -> Path:
-    cands = list(candidates)
-    for c in cands:
-        if c.exists():
-            return c
-    raise DatasetError(f"missing {what}; looked for:\n  " +
-                       "\n  ".join(str(c) for c in cands) + (f"\n{hint}" if hint else ""))
-
-
-def clean_text(text: str) -> str:
-    """One line, no tabs: the manifest's text column."""
-    return " ".join(text.split())
-
-
-_ALNUM = re.compile(r"[A-Za-z0-9]")
-
-
-def is_empty_text(text: str) -> bool:
-    """True when the text holds no ASCII letter or digit, so it yields no bag-of-words token."""
-    return _ALNUM.search(text) is None
-
-
-def check_images(paths: Sequence[Path], allow_missing: bool, dataset: str,
-                 instructions: str) -> list[bool]:
-    """Return a present/missing flag per path; raise DatasetError on any missing image
-    unless `allow_missing`."""
-    present = [p.is_file() for p in paths]
-    missing = [p for p, ok in zip(paths, present) if not ok]
-    if missing and not allow_missing:
-        shown = "\n  ".join(str(p) for p in missing[:5])
-        raise DatasetError(
-            f"{dataset}: {len(missing)} of {len(paths)} images are missing, e.g.\n  {shown}\n"
-            f"{instructions}\nOr pass allow_missing_images=True to drop these samples.")
-    return present
-
-
-def manifest_image_path(image: Path, out_dir: Path, absolute: bool) -> str:
-    if absolute:
-        return str(Path(os.path.abspath(image)))
-    return os.path.relpath(os.path.abspath(image), os.path.abspath(out_dir)).replace(os.sep, "/")
-
-
-def write_manifest(out_dir: str | os.PathLike, rows: Iterable[tuple[str, str, str, Sequence[str]]],
-                   label_names: Sequence[str]) -> int:
-    """Write `manifest.tsv` (id, image, text, labels) and `labels.txt`; return the row count.
-
-    Files are written to temporary names and renamed, so a failed run leaves no half manifest.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in label_names:
-        if not name or any(c in name for c in ",\t\n"):
-            raise DatasetError(f"label name {name!r} cannot be written to a manifest")
-    n = 0
-    tmp = out_dir / "manifest.tsv.tmp"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write("id\timage\ttext\tlabels\n")
-        for sid, image, text, labels in rows:
-            f.write(f"{sid}\t{image}\t{clean_text(text)}\t{','.join(labels)}\n")
-            n += 1
-    tmp_labels = out_dir / "labels.txt.tmp"
-    tmp_labels.write_text("".join(f"{x}\n" for x in label_names), encoding="utf-8")
-    os.replace(tmp, out_dir / "manifest.tsv")
-    os.replace(tmp_labels, out_dir / "labels.txt")
-    return n
-
-
-def log_counts(dataset: str, counts: dict) -> dict:
-    parts = ", ".join(f"{k}={v}" for k, v in counts.items())
-    log.info("%s: %s", dataset, parts)
-    dropped = sum(v for k, v in counts.items() if k.startswith("dropped_"))
-    assert counts["read"] == counts["kept"] + dropped, counts
-    return counts

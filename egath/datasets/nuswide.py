@@ -32,8 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .download import (SOURCES, DatasetError, check_images, find_first, is_empty_text,
-                       log_counts, manifest_image_path, require_file, write_manifest)
+from egath.datasets.download import SOURCES
+from egath.datasets.raw import (DatasetError, check_images, find_first, is_empty_text, log_counts,
+                               manifest_image_path, require_file, write_manifest)
 
 log = logging.getLogger(__name__)
 
