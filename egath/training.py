@@ -125,8 +125,9 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
     """Train one method and write its self-describing checkpoint to `out_path`.
 
     `method` names the run; `spec` (model, text input) defaults to the method name read as a
-    model name; `dataset` defaults to the name pairs.h5 carries. `checkpoint_path` (default: `out_path` + `.ckpt`) holds the state after each
-    epoch; it is removed once `out_path` is written.
+    model name; `dataset` defaults to the name pairs.h5 carries. `checkpoint_path` (default:
+    `out_path` + `.ckpt`) holds the state after each epoch; it is removed once `out_path` is
+    written.
     """
     cfg = TrainConfig.from_dict(params)
     method_spec = MethodSpec.parse(method, spec)
@@ -155,6 +156,7 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
     start_epoch = 0
 
     checkpoint_path = Path(checkpoint_path or f"{out_path}.ckpt")
+    on_gpu = str(device).startswith("cuda")
     run_key = {"method_spec": asdict(method_spec), "bits": bits, "config": asdict(cfg),
                "n_train": n}
     if checkpoint_path.exists():
@@ -165,6 +167,8 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
             objective.load_state_dict(ckpt["objective"])
             history, start_epoch, best = ckpt["history"], ckpt["epoch"], ckpt["best"]
             torch.set_rng_state(ckpt["rng_state"])
+            if on_gpu and ckpt["cuda_rng_state"] is not None:
+                torch.cuda.set_rng_state_all(ckpt["cuda_rng_state"])
             log.info("resuming from %s after epoch %d", checkpoint_path, start_epoch)
         else:
             log.info("ignoring %s: it belongs to other settings", checkpoint_path)
@@ -207,7 +211,9 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
             torch.save({"run_key": run_key, "state_dict": model.state_dict(),
                         "optimizer": optimizer.state_dict(), "objective": objective.state_dict(),
                         "history": history, "epoch": epoch + 1, "best": best,
-                        "rng_state": torch.get_rng_state()}, tmp)
+                        "rng_state": torch.get_rng_state(),
+                        "cuda_rng_state": torch.cuda.get_rng_state_all() if on_gpu else None},
+                       tmp)
 
     if epochs == 0:
         selection = "closed form (no training epochs)"
