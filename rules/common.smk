@@ -27,10 +27,6 @@ def dataset_config(wildcards):
     return config["datasets"][wildcards.dataset]
 
 
-def is_synthetic(dataset):
-    return config["datasets"][dataset]["source"] == "synthetic"
-
-
 def encoder_name():
     """The {encoder} path component: model name and weights, e.g. ViT-B-32_openai."""
     return encoder_slug(config["clip"]["model"], config["clip"]["pretrained"])
