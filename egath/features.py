@@ -30,6 +30,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from egath.io import open_h5
 from egath.naming import looks_like_path, normalise_pretrained
 
 __all__ = [
@@ -178,28 +179,12 @@ def _read_pairs(pairs_h5: Path) -> dict:
     if not pairs_h5.is_file():
         raise FileNotFoundError(f"pairs file {str(pairs_h5)!r} does not exist")
     try:
-        with h5py.File(pairs_h5, "r") as f:
-            missing = [k for k in ("image_paths", "texts", "label_names") if k not in f]
-            if missing:
-                raise FeatureInputError(
-                    f"pairs file {str(pairs_h5)!r} lacks the dataset(s) {missing} "
-                    "(see docs/formats.md)"
-                )
-            out = {
-                "image_paths": [str(s) for s in f["image_paths"].asstr()[()]],
-                "texts": [str(s) for s in f["texts"].asstr()[()]],
-                "label_names": [str(s) for s in f["label_names"].asstr()[()]],
-            }
-            out["ids"] = (
-                [str(s) for s in f["ids"].asstr()[()]] if "ids" in f else None
-            )
-    except FeatureInputError:
-        raise
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        raise FeatureInputError(
-            f"cannot read pairs file {str(pairs_h5)!r}: not a valid HDF5 pairs file "
-            f"(truncated or corrupt?): {type(e).__name__}: {e}"
-        ) from e
+        with open_h5(pairs_h5, required=("image_paths", "texts", "label_names")) as f:
+            out = {key: [str(s) for s in f[key].asstr()[()]]
+                   for key in ("image_paths", "texts", "label_names")}
+            out["ids"] = [str(s) for s in f["ids"].asstr()[()]] if "ids" in f else None
+    except (OSError, ValueError, TypeError, KeyError) as e:  # unreadable, truncated, incomplete
+        raise FeatureInputError(f"cannot use pairs file {str(pairs_h5)!r} (see docs/formats.md): {e}") from e
     n = len(out["image_paths"])
     if n == 0:
         raise FeatureInputError(f"pairs file {str(pairs_h5)!r} has no rows")
