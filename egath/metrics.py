@@ -34,6 +34,7 @@ __all__ = [
     "tie_aware_map",
     "precision_recall_by_radius",
     "precision_at_n",
+    "random_codes_map",
     "evaluate_codes",
     "write_metrics",
 ]

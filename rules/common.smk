@@ -83,9 +83,9 @@ def get_method_spec(wildcards):
 
 
 def get_protocol(wildcards):
+    """What metrics.json records of the protocol beyond what codes.h5 knows (set sizes, epoch choice)."""
     cfg = dataset_config(wildcards)
     return {
-        "n_query": cfg["n_query"],
         "n_train": cfg["n_train"],
         "split_seed": cfg["split_seed"],
         "relevance": "shares at least one label",
