@@ -7,7 +7,6 @@ from snakemake.utils import validate
 sys.path.insert(0, workflow.basedir)  # the egath package beside the Snakefile
 from egath.naming import encoder_slug
 
-
 validate(config, schema="../schemas/config.schema.yaml")
 
 
@@ -34,7 +33,8 @@ def encoder_name():
 
 def get_clip_weights(wildcards):
     """Named weights (e.g. openai) are fetched once by a local rule, so compute nodes without
-    internet find them in the cache; random weights and local checkpoints need nothing."""
+    internet find them in the cache; random weights and local checkpoints need nothing.
+    """
     pretrained = config["clip"]["pretrained"]
     if pretrained.lower() == "none" or os.path.exists(pretrained):
         return []

@@ -5,14 +5,14 @@ rule make_synthetic_dataset:
         images=directory("resources/{dataset}/synthetic/images"),
     log:
         "logs/make_synthetic_dataset/{dataset}.log",
-    params:
-        synthetic=lambda wildcards: dataset_config(wildcards)["synthetic"],
+    conda:
+        "../envs/egath.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../envs/egath.yaml"
+    params:
+        synthetic=lambda wildcards: dataset_config(wildcards)["synthetic"],
     script:
         "../scripts/make_synthetic_dataset.py"
 
@@ -22,17 +22,17 @@ rule download_dataset:
         done="resources/{dataset}/raw/download.done",
     log:
         "logs/download_dataset/{dataset}.log",
-    params:
-        source=lambda wildcards: dataset_config(wildcards)["source"],
-        protocol=lambda wildcards: dataset_config(wildcards)["protocol"],
+    localrule: True
+    conda:
+        "../envs/egath.yaml"
     threads: 1
     resources:
         downloads=1,
         mem_mb=1000,
         runtime=600,
-    localrule: True
-    conda:
-        "../envs/egath.yaml"
+    params:
+        source=lambda wildcards: dataset_config(wildcards)["source"],
+        protocol=lambda wildcards: dataset_config(wildcards)["protocol"],
     script:
         "../scripts/download_dataset.py"
 
@@ -45,15 +45,15 @@ rule prepare_dataset:
         labels="resources/{dataset}/prepared/labels.txt",
     log:
         "logs/prepare_dataset/{dataset}.log",
-    params:
-        source=lambda wildcards: dataset_config(wildcards)["source"],
-        protocol=lambda wildcards: dataset_config(wildcards)["protocol"],
+    conda:
+        "../envs/egath.yaml"
     threads: 1
     resources:
         mem_mb=8000,
         runtime=60,
-    conda:
-        "../envs/egath.yaml"
+    params:
+        source=lambda wildcards: dataset_config(wildcards)["source"],
+        protocol=lambda wildcards: dataset_config(wildcards)["protocol"],
     script:
         "../scripts/prepare_dataset.py"
 
@@ -65,17 +65,17 @@ rule build_pairs:
         pairs="results/{dataset}/pairs.h5",
     log:
         "logs/build_pairs/{dataset}.log",
+    conda:
+        "../envs/egath.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=30,
     params:
         dataset=lambda wildcards: wildcards.dataset,
         bow_dim=lambda wildcards: dataset_config(wildcards)["bow_dim"],
         n_query=lambda wildcards: dataset_config(wildcards)["n_query"],
         n_train=lambda wildcards: dataset_config(wildcards)["n_train"],
         split_seed=lambda wildcards: dataset_config(wildcards)["split_seed"],
-    threads: 1
-    resources:
-        mem_mb=8000,
-        runtime=30,
-    conda:
-        "../envs/egath.yaml"
     script:
         "../scripts/build_pairs.py"

@@ -8,13 +8,13 @@ rule evaluate:
         metrics="results/{dataset}/{method}/{bits}/metrics.json",
     log:
         "logs/evaluate/{dataset}/{method}/{bits}.log",
-    params:
-        protocol=get_protocol,
+    conda:
+        "../envs/egath.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=30,
-    conda:
-        "../envs/egath.yaml"
+    params:
+        protocol=get_protocol,
     script:
         "../scripts/evaluate.py"

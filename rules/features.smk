@@ -3,17 +3,17 @@ rule fetch_clip_weights:
         done="resources/weights/{encoder}.txt",
     log:
         "logs/fetch_clip_weights/{encoder}.log",
-    params:
-        model=config["clip"]["model"],
-        pretrained=config["clip"]["pretrained"],
+    localrule: True
+    conda:
+        "../envs/egath.yaml"
     threads: 1
     resources:
         downloads=1,
         mem_mb=4000,
         runtime=60,
-    localrule: True
-    conda:
-        "../envs/egath.yaml"
+    params:
+        model=config["clip"]["model"],
+        pretrained=config["clip"]["pretrained"],
     script:
         "../scripts/fetch_clip_weights.py"
 
@@ -26,18 +26,18 @@ rule extract_features:
         features="results/{dataset}/features/{encoder}.h5",
     log:
         "logs/extract_features/{dataset}/{encoder}.log",
+    conda:
+        "../envs/egath.yaml"
+    threads: max(1, config["clip"]["num_workers"])
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=240,
     params:
         model=config["clip"]["model"],
         pretrained=config["clip"]["pretrained"],
         batch_size=config["clip"]["batch_size"],
         num_workers=config["clip"]["num_workers"],
         device=config["device"],
-    threads: max(1, config["clip"]["num_workers"])
-    resources:
-        gpu=1,
-        mem_mb=16000,
-        runtime=240,
-    conda:
-        "../envs/egath.yaml"
     script:
         "../scripts/extract_features.py"

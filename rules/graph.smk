@@ -6,15 +6,15 @@ rule build_graph:
         graph="results/{dataset}/graph.h5",
     log:
         "logs/build_graph/{dataset}.log",
-    params:
-        threshold=lambda wildcards: dataset_config(wildcards)["cooccurrence_threshold"],
-        label_embeddings=config["label_embeddings"]["source"],
+    conda:
+        "../envs/egath.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=10,
-    conda:
-        "../envs/egath.yaml"
+    params:
+        threshold=lambda wildcards: dataset_config(wildcards)["cooccurrence_threshold"],
+        label_embeddings=config["label_embeddings"]["source"],
     script:
         "../scripts/build_graph.py"
 
@@ -24,15 +24,15 @@ rule download_glove:
         vectors="resources/glove/{file}",
     log:
         "logs/download_glove/{file}.log",
-    params:
-        url=config["label_embeddings"]["glove_url"],
+    localrule: True
+    conda:
+        "../envs/egath.yaml"
     threads: 1
     resources:
         downloads=1,
         mem_mb=1000,
         runtime=120,
-    localrule: True
-    conda:
-        "../envs/egath.yaml"
+    params:
+        url=config["label_embeddings"]["glove_url"],
     script:
         "../scripts/download_glove.py"

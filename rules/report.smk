@@ -12,12 +12,12 @@ rule tables:
         tex="results/tables/map.tex",
     log:
         "logs/tables.log",
+    conda:
+        "../envs/egath.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
-    conda:
-        "../envs/egath.yaml"
     script:
         "../scripts/tables.py"
 
@@ -47,12 +47,12 @@ rule figures:
         topn_pdf="results/figures/topn_{dataset}_{bits}.pdf",
     log:
         "logs/figures/{dataset}_{bits}.log",
+    conda:
+        "../envs/egath.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
-    conda:
-        "../envs/egath.yaml"
     script:
         "../scripts/figures.py"
 
@@ -75,11 +75,11 @@ rule loss_curves:
         pdf="results/figures/loss_{dataset}_{bits}.pdf",
     log:
         "logs/loss_curves/{dataset}_{bits}.log",
+    conda:
+        "../envs/egath.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=5,
-    conda:
-        "../envs/egath.yaml"
     script:
         "../scripts/loss_curves.py"

@@ -9,16 +9,16 @@ rule train:
         "logs/train/{dataset}/{method}/{bits}.log",
     benchmark:
         "results/benchmarks/train/{dataset}/{method}/{bits}.tsv"
-    params:
-        training=get_train_params,
-        spec=get_method_spec,
-        device=config["device"],
+    conda:
+        "../envs/egath.yaml"
     threads: 2
     resources:
         gpu=1,
         mem_mb=16000,
         runtime=720,
-    conda:
-        "../envs/egath.yaml"
+    params:
+        training=get_train_params,
+        spec=get_method_spec,
+        device=config["device"],
     script:
         "../scripts/train.py"
