@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from egath.io import atomic_output
-from egath.losses import binarize
+from egath.methods.base import binarize
 from egath.methods import MethodSpec, model_from_checkpoint
 from egath.training import load_split
 

@@ -22,8 +22,8 @@ import torch
 
 from egath.graph import load_graph
 from egath.io import atomic_output, open_h5
-from egath.losses import binarize
-from egath.methods import MethodSpec, build_method
+from egath.methods import MethodSpec
+from egath.methods.base import binarize
 from egath.metrics import mean_average_precision
 
 log = logging.getLogger(__name__)
@@ -114,11 +114,6 @@ def validation_map(model, validation: TrainingData, device: str) -> float:
                   + mean_average_precision(text, image, labels, labels))
 
 
-def _lr_at(cfg: TrainConfig, epoch: int) -> float:
-    decay = (cfg.lr_min / cfg.lr) ** (1 / max(cfg.epochs, 1))
-    return cfg.lr * decay ** epoch
-
-
 def train(pairs_path, features_path, graph_path, out_path, method: str, bits: int,
           params: dict, checkpoint_path=None, device: str = "cpu", dataset: str = "",
           spec: dict | None = None) -> dict:
@@ -129,8 +124,11 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
     `out_path` + `.ckpt`) holds the state after each epoch; it is removed once `out_path` is
     written.
     """
-    cfg = TrainConfig.from_dict(params)
     method_spec = MethodSpec.parse(method, spec)
+    method_def = method_spec.method()
+    # the method's authors' settings first, then the user's training block and overrides
+    cfg = TrainConfig.from_dict({**method_def.training_defaults, **params})
+    method_params = method_def.make_params(method_spec.params)
     if not dataset:
         with open_h5(pairs_path) as pairs:
             dataset = str(pairs.attrs.get("dataset", ""))
@@ -145,12 +143,13 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
                          f"{pairs_path} has {data.labels.shape[1]}")
     n = data.labels.shape[0]
     data = TrainingData(*(t.to(device) for t in (data.image, data.text, data.labels)))
-    model, objective = build_method(method_spec, bits, cfg, data, graph)
+    model, objective = method_def.build(bits, cfg, method_params, data, graph)
     model = model.to(device)
-    trainable = [p for p in model.parameters() if p.requires_grad]
     # a closed-form method (fitted when built) has nothing to train
-    epochs = cfg.epochs if trainable else 0
-    optimizer = torch.optim.Adam(trainable or [torch.zeros(1)], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    trains = any(p.requires_grad for p in model.parameters())
+    epochs = cfg.epochs if trains else 0
+    optimizers = method_def.optimizers(model, cfg, method_params) if trains else []
+    base_lrs = [[group["lr"] for group in opt.param_groups] for opt in optimizers]
     history: list[dict] = []
     best = {"score": -math.inf, "epoch": 0, "state_dict": None}
     start_epoch = 0
@@ -158,12 +157,13 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
     checkpoint_path = Path(checkpoint_path or f"{out_path}.ckpt")
     on_gpu = str(device).startswith("cuda")
     run_key = {"method_spec": asdict(method_spec), "bits": bits, "config": asdict(cfg),
-               "n_train": n}
+               "method_params": asdict(method_params), "n_train": n}
     if checkpoint_path.exists():
         ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
         if ckpt["run_key"] == run_key:
             model.load_state_dict(ckpt["state_dict"])
-            optimizer.load_state_dict(ckpt["optimizer"])
+            for opt, state in zip(optimizers, ckpt["optimizers"]):
+                opt.load_state_dict(state)
             objective.load_state_dict(ckpt["objective"])
             history, start_epoch, best = ckpt["history"], ckpt["epoch"], ckpt["best"]
             torch.set_rng_state(ckpt["rng_state"])
@@ -178,26 +178,34 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
     h_text = torch.zeros(n, bits, device=device)
     for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(cfg, epoch)
         model.train()
         sums: dict[str, torch.Tensor] = {}
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + epoch))
-        for batch in order.to(device).split(cfg.batch_size):
-            out = model(data.image[batch], data.text[batch])
-            terms = objective.loss(out, data.labels[batch], batch)
-            optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            optimizer.step()
-            h_image[batch] = out["h_image"].detach()
-            h_text[batch] = out["h_text"].detach()
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + value.detach()
+        batches = order.to(device).split(cfg.batch_size)
+        for phase in objective.phases:
+            objective.begin_phase(phase)
+            for step, batch in enumerate(batches):
+                scale = method_def.lr_scale(cfg, method_params, epoch + step / len(batches))
+                for opt, lrs in zip(optimizers, base_lrs):
+                    for group, lr in zip(opt.param_groups, lrs):
+                        group["lr"] = lr * scale
+                out = model(data.image[batch], data.text[batch])
+                terms = objective.loss(out, data.labels[batch], batch)
+                for opt in optimizers:
+                    opt.zero_grad(set_to_none=True)
+                terms["total"].backward()
+                for opt in optimizers:
+                    opt.step()
+                h_image[batch] = out["h_image"].detach()
+                h_text[batch] = out["h_text"].detach()
+                for name, value in terms.items():
+                    sums[name] = sums.get(name, 0.0) + value.detach()
         totals = {name: float(value) / n for name, value in sums.items()}
         objective.end_epoch(h_image, h_text)
         if not all(math.isfinite(v) for v in totals.values()):
             raise FloatingPointError(f"epoch {epoch + 1}: loss is not finite: {totals}")
-        record = {"epoch": epoch + 1, "lr": _lr_at(cfg, epoch), **totals}
+        record = {"epoch": epoch + 1, "lr": method_def.lr_scale(cfg, method_params, epoch) * base_lrs[0][0],
+                  **totals}
         if validation is not None:
             record["validation_map"] = validation_map(model, validation, device)
             if record["validation_map"] > best["score"]:
@@ -209,7 +217,8 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
                  " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
         with atomic_output(checkpoint_path) as tmp:
             torch.save({"run_key": run_key, "state_dict": model.state_dict(),
-                        "optimizer": optimizer.state_dict(), "objective": objective.state_dict(),
+                        "optimizers": [opt.state_dict() for opt in optimizers],
+                        "objective": objective.state_dict(),
                         "history": history, "epoch": epoch + 1, "best": best,
                         "rng_state": torch.get_rng_state(),
                         "cuda_rng_state": torch.cuda.get_rng_state_all() if on_gpu else None},
@@ -225,7 +234,8 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
         selection = "last epoch"
     result = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
               "model_config": asdict(model.cfg), "config": asdict(cfg), "history": history,
-              "method": method, "method_spec": asdict(method_spec), "dataset": dataset,
+              "method": method, "method_spec": asdict(method_spec),
+              "method_params": asdict(method_params), "dataset": dataset,
               "bits": bits, "epoch_selection": selection}
     with atomic_output(out_path) as tmp:
         torch.save(result, tmp)

@@ -5,9 +5,22 @@ import sys
 from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)  # the egath package beside the Snakefile
+from egath.methods import check_model
 from egath.naming import encoder_slug
 
 validate(config, schema="../schemas/config.schema.yaml")
+
+
+def method_model(method):
+    """The model a method runs: its `model`, or the method's own name."""
+    return (config["methods"][method] or {}).get("model", method)
+
+
+for _method in config["methods"]:  # a wrong model stops the run here, before any job
+    try:
+        check_model(method_model(_method))
+    except ValueError as e:
+        raise ValueError(f"config key methods.{_method}.model: {e}") from None
 
 
 DATASETS = list(config["datasets"])
@@ -75,6 +88,12 @@ def get_train_params(wildcards):
         ):
             params.update(override["params"])
     return params
+
+
+def get_method_file(wildcards):
+    """A user's method file is an input of its training, so editing it reruns the method."""
+    model = method_model(wildcards.method).partition(":")[0]
+    return [model] if model.endswith(".py") else []
 
 
 def get_method_spec(wildcards):

@@ -3,6 +3,7 @@ rule train:
         pairs=rules.build_pairs.output.pairs,
         features=get_features,
         graph=rules.build_graph.output.graph,
+        method_file=get_method_file,
     output:
         model="results/{dataset}/{method}/{bits}/model.pt",
     log:

@@ -1,4 +1,4 @@
-"""Tests for egath.baselines: the DCHMT and DSPH losses against hand-computed values and
+"""Tests for the baselines (egath.methods.dchmt, dsph, itq): the DCHMT and DSPH losses against hand-computed values and
 brute-force loops, DSPH's threshold zeta, PCA-ITQ, and each baseline trained end to end,
 saved, rebuilt from model.pt and encoded."""
 
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from egath import baselines as B
+from egath.methods import dchmt, dsph, itq
 from egath import training
 from egath.encoding import encode_dataset
 from egath.graph import build_graph, clip_label_embeddings
-from egath.losses import binarize
+from egath.methods.base import binarize
 from egath.methods import MethodSpec, model_from_checkpoint
 from egath.metrics import mean_average_precision
 from h5files import write_features, write_pairs
@@ -29,11 +29,11 @@ def assert_grad_close(fast, slow, inputs):
 
 def test_select_hash_code_is_the_argmax():
     torch.manual_seed(0)
-    layer = B.SelectHash(5, 6)
+    layer = dchmt.SelectHash(5, 6)
     p = layer(torch.randn(4, 5))
     assert p.shape == (4, 6, 2)
     torch.testing.assert_close(p.sum(-1), torch.ones(4, 6))
-    h = B.select_to_code(p)
+    h = dchmt.select_to_code(p)
     assert h.abs().max() < 1
     assert torch.equal(h > 0, p.argmax(-1) == 1)
 
@@ -41,12 +41,12 @@ def test_select_hash_code_is_the_argmax():
 def test_dchmt_pair_loss_by_hand():
     # one bit: a = (0.2, 0.8), b = (0.6, 0.4): d^2 = 0.16 + 0.16 = 0.32; m = 1
     a, b = torch.tensor([[0.2, 0.8]]), torch.tensor([[0.6, 0.4]])
-    pos, neg = B.dchmt_pair_loss(a, b, torch.ones(1, 1), 1.0)
+    pos, neg = dchmt.dchmt_pair_loss(a, b, torch.ones(1, 1), 1.0)
     assert float(pos) == pytest.approx(0.32) and float(neg) == 0
-    pos, neg = B.dchmt_pair_loss(a, b, torch.zeros(1, 1), 1.0)
+    pos, neg = dchmt.dchmt_pair_loss(a, b, torch.zeros(1, 1), 1.0)
     assert float(pos) == 0 and float(neg) == pytest.approx((1 - math.sqrt(0.32)) ** 2)  # 0.188629
     # a negative already farther than m costs nothing
-    pos, neg = B.dchmt_pair_loss(torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]]), torch.zeros(1, 1), 1.0)
+    pos, neg = dchmt.dchmt_pair_loss(torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]]), torch.zeros(1, 1), 1.0)
     assert float(neg) == 0
 
 
@@ -72,8 +72,8 @@ def test_dchmt_loss_matches_brute_force_value_and_gradient():
     logits_t = torch.randn(5, 3, 2, generator=g, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 0, 1], [0, 1, 0], [0, 0, 1]], dtype=torch.float64)
     p_i, p_t = logits_i.softmax(-1), logits_t.softmax(-1)
-    out = {"p_image": p_i, "p_text": p_t, "h_image": B.select_to_code(p_i), "h_text": B.select_to_code(p_t)}
-    terms = B.dchmt_loss(out, labels, vartheta=0.5, quantization_weight=0.1)
+    out = {"p_image": p_i, "p_text": p_t, "h_image": dchmt.select_to_code(p_i), "h_text": dchmt.select_to_code(p_t)}
+    terms = dchmt.dchmt_loss(out, labels, vartheta=0.5, quantization_weight=0.1)
     slow = brute_force_dchmt(p_i, p_t, labels, 0.5, 0.1)
     torch.testing.assert_close(terms["total"], slow)
     torch.testing.assert_close(terms["total"], terms["positive"] + terms["negative"] + 0.1 * terms["quantization"])
@@ -91,7 +91,7 @@ def test_dchmt_loss_matches_brute_force_value_and_gradient():
     (8, 4, -0.25),  # [8, 2, 5]: 1 - 10 / 8
 ])
 def test_proxy_threshold(bits, n_labels, zeta):
-    assert B.proxy_threshold(bits, n_labels) == pytest.approx(zeta)
+    assert dsph.proxy_threshold(bits, n_labels) == pytest.approx(zeta)
 
 
 def test_dsph_proxy_loss_by_hand():
@@ -99,7 +99,7 @@ def test_dsph_proxy_loss_by_hand():
     # positive: 1 - 0.6 = 0.4 (|P| = 1); negative: max(0, 0.8 - 0.5) = 0.3 (|N| = 1); both modalities
     h = torch.tensor([[3.0, 4.0]])
     out = {"h_image": h, "h_text": h, "proxies": torch.eye(2)}
-    terms = B.dsph_loss(out, torch.tensor([[1.0, 0.0]]), threshold=0.5)
+    terms = dsph.dsph_loss(out, torch.tensor([[1.0, 0.0]]), threshold=0.5)
     assert float(terms["proxy"]) == pytest.approx(1.4)
     assert float(terms["pair"]) == 0  # a single-label sample has no pair term
 
@@ -112,7 +112,7 @@ def test_dsph_pair_term_by_hand():
     labels = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]])
     out = {"h_image": torch.tensor([[1.0, 0.0], [0.6, 0.8]]), "h_text": torch.tensor([[1.0, 0.0], [-1.0, 0.0]]),
            "proxies": torch.randn(4, 2)}
-    terms = B.dsph_loss(out, labels, threshold=0.5, alpha=0.8)
+    terms = dsph.dsph_loss(out, labels, threshold=0.5, alpha=0.8)
     assert float(terms["pair"]) == pytest.approx(0.12)
 
 
@@ -146,7 +146,7 @@ def test_dsph_loss_matches_brute_force_value_and_gradient():
     proxies = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([[1, 1, 0, 0, 0], [0, 0, 1, 1, 0], [1, 0, 0, 0, 0],
                            [0, 0, 0, 1, 1], [1, 0, 1, 0, 0], [0, 1, 0, 0, 0]], dtype=torch.float64)
-    terms = B.dsph_loss({"h_image": h_i, "h_text": h_t, "proxies": proxies}, labels, threshold=-0.2, alpha=0.8)
+    terms = dsph.dsph_loss({"h_image": h_i, "h_text": h_t, "proxies": proxies}, labels, threshold=-0.2, alpha=0.8)
     slow = brute_force_dsph(h_i, h_t, proxies, labels, -0.2, 0.8)
     assert float(terms["pair"].detach()) > 0
     torch.testing.assert_close(terms["total"], slow)
@@ -158,12 +158,12 @@ def test_dsph_loss_matches_brute_force_value_and_gradient():
 def test_itq_rotation_is_orthogonal_and_error_never_increases():
     v = torch.randn(200, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     v = v - v.mean(0)
-    rotation, errors = B.itq_rotation(v, 50, torch.Generator().manual_seed(3))
+    rotation, errors = itq.itq_rotation(v, 50, torch.Generator().manual_seed(3))
     torch.testing.assert_close(rotation.T @ rotation, torch.eye(6, dtype=torch.float64))
     assert len(errors) == 50
     assert all(b <= a + 1e-9 for a, b in zip(errors, errors[1:]))
     assert errors[-1] < errors[0]
-    again, errors_again = B.itq_rotation(v, 50, torch.Generator().manual_seed(3))
+    again, errors_again = itq.itq_rotation(v, 50, torch.Generator().manual_seed(3))
     assert torch.equal(rotation, again) and errors == errors_again
 
 
@@ -172,7 +172,7 @@ def test_itq_fit_codes_and_determinism():
     image, text = torch.randn(40, 10, generator=g), torch.randn(40, 10, generator=g)
     models = []
     for _ in range(2):
-        model = B.ITQ(B.ItqConfig(image_dim=10, text_dim=10, bits=4))
+        model = itq.ITQ(itq.ItqConfig(image_dim=10, text_dim=10, bits=4))
         model.fit(image, text, seed=5)
         models.append(model)
     assert not any(p.requires_grad for p in models[0].parameters())
@@ -186,9 +186,9 @@ def test_itq_fit_codes_and_determinism():
 
 def test_itq_needs_clip_text():
     with pytest.raises(ValueError, match="'itq' needs text: clip"):
-        MethodSpec(model="itq", text="bow")
+        MethodSpec(model="itq", text="bow").method()
     with pytest.raises(ValueError, match="itq needs image and text features of one space"):
-        B.ITQ(B.ItqConfig(image_dim=8, text_dim=10, bits=4))
+        itq.ITQ(itq.ItqConfig(image_dim=8, text_dim=10, bits=4))
 
 
 # --------------------------------------------------------------------------- end to end

@@ -1,4 +1,4 @@
-"""Tests for egath.losses: NDCG weights, the weighted cosine triplet loss, quantization, the
+"""Tests for EGATH's objective (egath.methods.egath): NDCG weights, the weighted cosine triplet loss, quantization, the
 combined objective and the discrete update of the code matrix B."""
 
 import math
@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from egath import losses as L
+from egath.methods import egath as L
+from egath.methods.base import binarize
 
 
 # --------------------------------------------------------------------------- ndcg_weights
@@ -270,7 +271,7 @@ def test_codestate_initial_and_binarize():
     assert s.codes.shape == (10, 4) and set(torch.unique(s.codes).tolist()) <= {-1.0, 1.0}
     assert torch.equal(s.auxiliary, s.codes) and torch.equal(s.multiplier, torch.zeros(10, 4))
     assert s.gamma == 0.01
-    assert torch.equal(L.binarize(torch.tensor([-0.5, 0.0, -0.0, 2.0])), torch.tensor([-1.0, 1.0, 1.0, 1.0]))
+    assert torch.equal(binarize(torch.tensor([-0.5, 0.0, -0.0, 2.0])), torch.tensor([-1.0, 1.0, 1.0, 1.0]))
 
 
 # --------------------------------------------------------------------------- projection

@@ -1,4 +1,4 @@
-"""Tests for egath.model (encoders, GAT label classifier, hash heads), egath.training (train,
+"""Tests for EGATH's model (egath.methods.egath; encoders, GAT label classifier, hash heads), egath.training (train,
 checkpoint and resume) and egath.encoding (codes.h5)."""
 
 import math
@@ -16,10 +16,10 @@ import torch
 from egath import training
 from egath.encoding import encode_dataset
 from egath.graph import build_graph, clip_label_embeddings, load_graph
-from egath.losses import binarize
-from egath import losses
+from egath.methods import egath as egath_method
+from egath.methods.base import binarize
 from egath.methods import model_from_checkpoint
-from egath.model import ModelConfig, build_model
+from egath.methods.egath import ModelConfig, build_model
 from h5files import permutation_split, write_features, write_pairs
 
 
@@ -192,7 +192,7 @@ def test_history_and_output_file(reference_run):
 
 def interrupt_in_epoch_2(monkeypatch, train_once):
     """Run `train_once` with the B update of epoch 2 failing, as a kill after epoch 1 would."""
-    real = losses.update_codes
+    real = egath_method.update_codes
     calls = {"n": 0}
 
     def fail_on_second_call(*args, **kwargs):
@@ -201,10 +201,10 @@ def interrupt_in_epoch_2(monkeypatch, train_once):
             raise RuntimeError("simulated interruption in epoch 2")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(losses, "update_codes", fail_on_second_call)
+    monkeypatch.setattr(egath_method, "update_codes", fail_on_second_call)
     with pytest.raises(RuntimeError, match="simulated interruption"):
         train_once()
-    monkeypatch.setattr(losses, "update_codes", real)
+    monkeypatch.setattr(egath_method, "update_codes", real)
 
 
 def test_interrupted_run_resumes_to_the_same_state(data_files, reference_run, tmp_path, monkeypatch):
@@ -357,16 +357,17 @@ def test_training_killed_with_sigkill_resumes_to_the_same_codes(data_files, refe
     out = tmp_path / "model.pt"
     script = textwrap.dedent(f"""
         import time, torch
-        from egath import losses, training
+        from egath import training
+        from egath.methods import egath as egath_method
         torch.set_num_threads(1)
-        real = losses.update_codes
+        real = egath_method.update_codes
         calls = []
         def slow_after_first_epoch(*args, **kwargs):
             calls.append(1)
             if len(calls) == 2:
                 time.sleep(600)  # killed here, with epoch 1 checkpointed
             return real(*args, **kwargs)
-        losses.update_codes = slow_after_first_epoch
+        egath_method.update_codes = slow_after_first_epoch
         training.train({str(data_files['pairs'])!r}, {str(data_files['features'])!r},
                        {str(data_files['graph'])!r}, {str(out)!r}, "egath", {BITS}, {PARAMS!r},
                        dataset="tiny")

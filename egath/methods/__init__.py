@@ -1,0 +1,102 @@
+"""Every method the workflow can train, one module each, and the one registry of their names.
+
+    REGISTRY[model name] -> "module:attribute" of its `Method` (egath.methods.base)
+
+A method's `model` in config is a name in REGISTRY, or a user's own method: a Python file
+(`my_methods/toy.py`, relative to the working directory) or an importable module
+(`my_package.toy`), which defines `METHOD` (or `path:ATTRIBUTE` for another name). How to add
+one: docs/methods.md.
+
+This module imports no torch, so the workflow can check names when it starts.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+REGISTRY = {  # model name -> where its Method is defined
+    "egath": "egath.methods.egath:EGATH_METHOD",
+    "egath-g": "egath.methods.egath:EGATH_G",
+    "egath-t": "egath.methods.egath:EGATH_T",
+    "dchmt": "egath.methods.dchmt:METHOD",
+    "dsph": "egath.methods.dsph:METHOD",
+    "itq": "egath.methods.itq:METHOD",
+}
+TEXT_INPUTS = ("bow", "clip")
+
+
+def _location(model: str) -> tuple[str, str]:
+    """(module or file, attribute) of a model name, a file path or a dotted module."""
+    target = REGISTRY.get(model, model)
+    where, _, attribute = target.rpartition(":") if ":" in target else (target, "", "METHOD")
+    return where, attribute
+
+
+def check_model(model: str) -> None:
+    """Raise ValueError unless `model` names a registered method or an existing file/module.
+    Cheap (imports nothing): the workflow calls it for every method before any job runs."""
+    where, _ = _location(model)
+    if model in REGISTRY:
+        return
+    if where.endswith(".py"):
+        if not os.path.isfile(where):
+            raise ValueError(f"unknown method model {model!r}: no such file {where!r}; "
+                             f"known models: {sorted(REGISTRY)}")
+        return
+    try:
+        found = importlib.util.find_spec(where) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise ValueError(f"unknown method model {model!r}; known: {sorted(REGISTRY)}, "
+                         "or a path to a .py file or an importable module that defines METHOD")
+
+
+@lru_cache(maxsize=None)
+def load_method(model: str):
+    """The Method a model name (or a user's file or module) stands for."""
+    check_model(model)
+    where, attribute = _location(model)
+    if where.endswith(".py"):
+        spec = importlib.util.spec_from_file_location(f"egath_user_method_{abs(hash(where))}", where)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(where)
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise ValueError(f"method model {model!r}: {where} defines no {attribute}") from None
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    model: str = "egath"  # a name in REGISTRY, or a user's method file or module
+    text: str = "bow"  # bow: the paper's bag-of-words; clip: cached CLIP text features
+    params: dict = field(default_factory=dict)  # overrides of the method's own hyper-parameters
+
+    def __post_init__(self):
+        check_model(self.model)
+        if self.text not in TEXT_INPUTS:
+            raise ValueError(f"unknown text input {self.text!r}; known: {list(TEXT_INPUTS)}")
+
+    @classmethod
+    def parse(cls, method: str, spec: dict | None) -> "MethodSpec":
+        """The spec from config; where it names no model, the method's name is the model."""
+        return cls(**{"model": method, **(spec or {})})
+
+    def method(self):
+        """The Method, checked against this spec's text input."""
+        method = load_method(self.model)
+        if self.text not in method.text_inputs:
+            raise ValueError(f"method model {self.model!r} needs text: {' or '.join(method.text_inputs)}, "
+                             f"got text: {self.text!r}")
+        return method
+
+
+def model_from_checkpoint(ckpt: dict):
+    """Rebuild any trained model from its model.pt alone."""
+    return load_method(ckpt["method_spec"]["model"]).from_checkpoint(ckpt)

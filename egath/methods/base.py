@@ -1,0 +1,162 @@
+"""What every method provides, and the parts several methods share.
+
+A method is a `Method`: how to build its model and objective for one run, how to rebuild the
+model from model.pt, its own hyper-parameters (a dataclass whose defaults come from its
+authors' code), and its optimiser and learning-rate schedule. The training loop in
+egath.training is the same for all of them:
+
+    model, objective = method.build(bits, cfg, params, data, graph)
+    optimizers = method.optimizers(model, cfg, params)        # each group's base lr in group["lr"]
+    for epoch:
+        for phase in objective.phases:                        # most methods: one pass per epoch
+            objective.begin_phase(phase)
+            for batch:                                        # lr = base lr * method.lr_scale(...)
+                out = model(image, text)                      # dict: h_image, h_text in (-1, 1), ...
+                terms = objective.loss(out, labels, index)    # dict of named terms and "total"
+                total.backward(); step every optimizer
+        objective.end_epoch(h_image, h_text)                  # e.g. a discrete code update
+
+A model is an nn.Module with a `cfg` dataclass (saved as `model_config`), forward(image, text)
+-> dict with `h_image` and `h_text` in (-1, 1), and encode_image / encode_text (continuous; the
+sign is the code).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+TEXT_INPUTS = ("bow", "clip")  # the paper's bag-of-words, or the cached CLIP text features
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """For methods without hyper-parameters of their own."""
+
+
+def adam(model: nn.Module, cfg, params) -> list[torch.optim.Optimizer]:
+    """One Adam over every trainable parameter, lr and weight decay from TrainConfig (EGATH, GCDH)."""
+    return [torch.optim.Adam(trainable(model), lr=cfg.lr, weight_decay=cfg.weight_decay)]
+
+
+def exponential_decay(cfg, params, progress: float) -> float:
+    """GCDH's schedule: lr * (lr_min / lr)^(e / epochs) during epoch e (0-based), steps within an epoch alike."""
+    return (cfg.lr_min / cfg.lr) ** (math.floor(progress) / max(cfg.epochs, 1))
+
+
+def trainable(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str  # the model name in config (`methods.<name>.model`)
+    kind: str  # "supervised" or "unsupervised"
+    summary: str  # one line: what it is and its loss (docs/methods.md, report)
+    source: str  # its authors' code (repository)
+    build: Callable[..., tuple[nn.Module, Any]]  # (bits, cfg, params, data, graph) -> (model, objective)
+    from_checkpoint: Callable[[dict], nn.Module]  # model.pt contents -> model
+    params: type = NoParams  # its own hyper-parameters; config `methods.<name>.params` overrides them
+    optimizers: Callable[..., list[torch.optim.Optimizer]] = adam  # (model, cfg, params)
+    lr_scale: Callable[..., float] = exponential_decay  # (cfg, params, progress in epochs) -> factor
+    training_defaults: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig values of its authors
+    text_inputs: tuple[str, ...] = TEXT_INPUTS
+
+    def make_params(self, overrides: Mapping[str, Any] | None):
+        known = set(self.params.__dataclass_fields__)
+        unknown = sorted(set(overrides or {}) - known)
+        if unknown:
+            raise ValueError(f"method model {self.name!r} has no parameters {unknown}; "
+                             f"known: {sorted(known)}")
+        return self.params(**(overrides or {}))
+
+
+# --------------------------------------------------------------------------- objectives
+
+
+class Objective:
+    """An objective that is a pure function of the batch: nothing to update or save per epoch.
+    Subclasses override what they need."""
+
+    phases: tuple = (None,)  # passes over the training set per epoch (DCMH: image, then text)
+
+    def loss(self, out: dict, labels: torch.Tensor, index: torch.Tensor) -> dict:
+        raise NotImplementedError
+
+    def begin_phase(self, phase) -> None:
+        pass
+
+    def end_epoch(self, h_image: torch.Tensor, h_text: torch.Tensor) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class StatelessObjective(Objective):
+    """loss(out, labels) from a plain function."""
+
+    def __init__(self, loss_fn: Callable[[dict, torch.Tensor], dict]):
+        self._loss_fn = loss_fn
+
+    def loss(self, out: dict, labels: torch.Tensor, index: torch.Tensor) -> dict:
+        return self._loss_fn(out, labels)
+
+
+class ClosedForm(Objective):
+    """For methods fitted when built (no trainable parameters, no epochs)."""
+
+    def loss(self, out, labels, index):
+        raise RuntimeError("this method is fitted in closed form and has no training loss")
+
+
+# --------------------------------------------------------------------------- shared parts
+
+
+def binarize(x: torch.Tensor) -> torch.Tensor:
+    """sign with sign(0) = +1, so codes are always in {-1, +1}."""
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+def label_similarity(labels_a: torch.Tensor, labels_b: torch.Tensor) -> torch.Tensor:
+    """S_ij = 1 if samples i and j share a label, else 0: (B, M)."""
+    return (labels_a.float() @ labels_b.float().T > 0).float()
+
+
+@dataclass
+class HeadConfig:
+    """A trunk and a hash layer per modality, on frozen cached features."""
+    image_dim: int  # CLIP image embedding size
+    text_dim: int  # bag-of-words size or CLIP text embedding size
+    n_labels: int
+    bits: int
+    hidden_dim: int = 512  # trunk width (TrainConfig.feature_dim)
+    dropout: float = 0.1
+
+    @classmethod
+    def for_data(cls, bits: int, cfg, data) -> "HeadConfig":
+        return cls(image_dim=data.image.shape[1], text_dim=data.text.shape[1],
+                   n_labels=data.labels.shape[1], bits=bits, hidden_dim=cfg.feature_dim,
+                   dropout=cfg.dropout)
+
+
+def trunk(in_dim: int, cfg: HeadConfig) -> nn.Sequential:
+    """Frozen feature (B, in_dim) -> (B, hidden_dim): stands in for a backbone the authors fine-tune."""
+    return nn.Sequential(nn.Linear(in_dim, cfg.hidden_dim), nn.ReLU(), nn.Dropout(cfg.dropout))
+
+
+class Rebuildable(nn.Module):
+    """A model rebuilt from model.pt by its config dataclass and weights."""
+    config_class: type = HeadConfig
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict) -> "Rebuildable":
+        model = cls(cls.config_class(**ckpt["model_config"]))
+        model.load_state_dict(ckpt["state_dict"])
+        return model
