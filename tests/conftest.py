@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from separable import write_separable_files
+
 
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
@@ -10,3 +12,9 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def separable_files(tmp_path_factory):
+    """pairs.h5, features.h5 and graph.h5 of the separable problem in tests/separable.py."""
+    return write_separable_files(tmp_path_factory.mktemp("separable"))

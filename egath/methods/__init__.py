@@ -24,6 +24,11 @@ REGISTRY = {  # model name -> where its Method is defined
     "dchmt": "egath.methods.dchmt:METHOD",
     "dsph": "egath.methods.dsph:METHOD",
     "itq": "egath.methods.itq:METHOD",
+    "gcdh": "egath.methods.gcdh:METHOD",
+    "dcmh": "egath.methods.dcmh:METHOD",
+    "ucch": "egath.methods.ucch:METHOD",
+    "jdsh": "egath.methods.jdsh:METHOD",
+    "djsrh": "egath.methods.djsrh:METHOD",
 }
 TEXT_INPUTS = ("bow", "clip")
 
