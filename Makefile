@@ -1,5 +1,6 @@
 # make demo: set up .venv and run the workflow on the built-in synthetic dataset.
 # make test: set up .venv and run the test suite.
+# make lint: set up .venv, check the Snakefile and rules/ are snakefmt-formatted, and lint the workflow.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 $(VENV)/installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch and torchvision pinned in the same command as the rest, so they install as a pair
-	$(BIN)/pip install "torch==2.14.1" "torchvision==0.29.1" -e ".[test]"
+	$(BIN)/pip install "torch==2.14.1" "torchvision==0.29.1" -e ".[test,lint]"
 	touch $@
 
 demo: $(VENV)/installed
@@ -25,6 +26,7 @@ test: $(VENV)/installed
 	$(BIN)/pytest
 
 lint: $(VENV)/installed
+	$(BIN)/snakefmt --check Snakefile rules/
 	$(BIN)/snakemake --lint
 	$(BIN)/snakemake --lint $(DEMO)
 
