@@ -25,6 +25,7 @@ from egath.io import atomic_output, open_h5
 from egath.methods import MethodSpec
 from egath.methods.base import binarize
 from egath.metrics import mean_average_precision
+from egath.provenance import training_inputs
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +237,8 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
               "model_config": asdict(model.cfg), "config": asdict(cfg), "history": history,
               "method": method, "method_spec": asdict(method_spec),
               "method_params": asdict(method_params), "dataset": dataset,
-              "bits": bits, "epoch_selection": selection}
+              "bits": bits, "epoch_selection": selection,
+              "inputs": training_inputs(pairs_path, features_path)}
     with atomic_output(out_path) as tmp:
         torch.save(result, tmp)
     checkpoint_path.unlink(missing_ok=True)
