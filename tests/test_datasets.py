@@ -13,6 +13,7 @@ from PIL import Image
 from egath.datasets import manifest as M
 from egath.datasets import synthetic as S
 from egath.datasets.manifest import build_pairs
+from egath.datasets.text import EMPTY_TEXT_PLACEHOLDER, is_empty_text
 
 N_SYNTH = 120
 IMAGE_SIZE = 16
@@ -39,9 +40,9 @@ def write_manifest(folder, rows, labels=("cat", "dog", "sky"), header="id\timage
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.new("RGB", (4, 4)).save(path)
         lines.append("\t".join(fields))
-    (folder / "labels.txt").write_text("\n".join(labels) + "\n")
+    (folder / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
     manifest = folder / "manifest.tsv"
-    manifest.write_text("\n".join(lines) + "\n")
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return manifest
 
 
@@ -263,6 +264,10 @@ BAD_CASES = {
                    r"{m}:5: sample 'a4' has an empty text"),
     "punctuation-only text": (HAND_ROWS[:1] + ["a2\ti/a2.png\t!!! ,\tsky"], None, ValueError,
                               r"{m}:3: sample 'a2' has an empty text"),
+    # once accepted, with "---" and "###" as vocabulary words
+    "symbols-only text": (HAND_ROWS[:1] + ["a2\ti/a2.png\t--- ###\tsky"], None, ValueError,
+                          r"{m}:3: sample 'a2' has an empty text '--- ###': no word in it holds a "
+                          r"letter or digit .*allow_empty_text"),
 }
 
 
@@ -349,3 +354,72 @@ def test_duplicate_label_names_rejected(tmp_path):
     with pytest.raises(ValueError, match=r"labels\.txt: label names listed twice: \['dog'\]"):
         build_pairs(manifest, tmp_path / "o" / "p.h5", "x", bow_dim=5, n_query=1, n_train=1, split_seed=0)
     assert_nothing_written(tmp_path / "o")
+
+
+# --------------------------------------------------------------------------- text and encoding
+
+def test_words_of_any_script_count_and_punctuation_alone_never_does():
+    assert M.tokenize("--- ### #Sunset new-york plant_life c++ \u00abEt\u00e9\u00bb \u65e5\u672c") == [
+        "sunset", "new-york", "plant_life", "c", "et\u00e9", "\u65e5\u672c"]
+    assert M.tokenize("--- ### \u00a1\u00bf \u2014 \u2605 !!") == []
+    # a trailing vowel sign is a mark, not punctuation: the word stays whole
+    assert M.tokenize("\u0939\u093f\u0902\u0926\u0940") == ["\u0939\u093f\u0902\u0926\u0940"]
+    assert is_empty_text("--- ###") and is_empty_text("") and not is_empty_text("\u65e5\u672c !")
+
+
+def test_punctuation_only_words_never_enter_the_vocabulary(tmp_path):
+    manifest = write_manifest(tmp_path / "m", HAND_ROWS[:2] + ["a3\ti/a3.png\tsky --- ### !!\tsky"])
+    build_pairs(manifest, tmp_path / "p.h5", "hand", bow_dim=100, n_query=1, n_train=1, split_seed=0)
+    data, _ = read_pairs(tmp_path / "p.h5")
+    assert decode(data["vocabulary"][0]) == ["sky", "cat", "dog"]
+
+
+def test_empty_texts_are_kept_only_on_request(tmp_path):
+    rows = HAND_ROWS[:3] + ["a4\ti/a4.png\t--- ###\tsky", "a5\ti/a5.png\t\tdog"]
+    manifest = write_manifest(tmp_path / "m", rows)
+    with pytest.raises(ValueError, match=r":5: sample 'a4' has an empty text.*allow_empty_text"):
+        build_pairs(manifest, tmp_path / "p.h5", "e", bow_dim=10, n_query=1, n_train=2, split_seed=0)
+    counts = build_pairs(manifest, tmp_path / "p.h5", "e", bow_dim=10, n_query=1, n_train=2,
+                         split_seed=0, allow_empty_text=True)
+    assert counts["empty_texts"] == 2 and counts["texts_without_vocabulary_words"] == 2
+    data, attrs = read_pairs(tmp_path / "p.h5")
+    bow, texts = data["bow"][0], decode(data["texts"][0])
+    assert bow[3].sum() == bow[4].sum() == 0 and bow[:3].sum(1).min() > 0
+    # CLIP reads `texts`: the placeholder stands in for an empty text, and is no vocabulary word
+    assert texts[3] == texts[4] == EMPTY_TEXT_PLACEHOLDER == attrs["empty_text_placeholder"]
+    assert texts[0] == "Dog sky"
+    assert EMPTY_TEXT_PLACEHOLDER not in decode(data["vocabulary"][0])
+
+
+def test_byte_order_mark_is_named(tmp_path):
+    manifest = write_manifest(tmp_path / "m", HAND_ROWS)
+    manifest.write_bytes(b"\xef\xbb\xbf" + manifest.read_bytes())
+    with pytest.raises(ValueError, match=rf"{re.escape(str(manifest))}:1: .*byte-order mark \(BOM\)"):
+        build_pairs(manifest, tmp_path / "o" / "p.h5", "x", bow_dim=5, n_query=1, n_train=1, split_seed=0)
+    assert_nothing_written(tmp_path / "o")
+    manifest = write_manifest(tmp_path / "m2", HAND_ROWS)
+    labels = manifest.with_name("labels.txt")
+    labels.write_bytes(b"\xef\xbb\xbf" + labels.read_bytes())
+    with pytest.raises(ValueError, match=rf"{re.escape(str(labels))}:1: .*\(BOM\)"):
+        build_pairs(manifest, tmp_path / "o" / "p.h5", "x", bow_dim=5, n_query=1, n_train=1, split_seed=0)
+
+
+def test_non_utf8_manifest_names_file_line_and_byte(tmp_path):
+    manifest = write_manifest(tmp_path / "m", HAND_ROWS)
+    # "a4<TAB>i/a4.png<TAB>bird, Zebra!": a Latin-1 e-acute at column 20 of line 5
+    manifest.write_bytes(manifest.read_bytes().replace(b"Zebra", b"Z\xe9bra"))
+    with pytest.raises(ValueError) as info:
+        build_pairs(manifest, tmp_path / "o" / "p.h5", "x", bow_dim=5, n_query=1, n_train=1, split_seed=0)
+    assert f"{manifest}:5: byte 0xe9 at column 20 is not UTF-8" in str(info.value)
+    assert_nothing_written(tmp_path / "o")
+
+
+def test_lines_split_on_newline_only(tmp_path):
+    # U+2028 (a line separator to str.splitlines) inside a text, and CRLF line ends
+    rows = HAND_ROWS[:2] + ["a3\ti/a3.png\tsky\u2028bird\tsky"]
+    manifest = write_manifest(tmp_path / "m", rows)
+    manifest.write_bytes(manifest.read_bytes().replace(b"\n", b"\r\n"))
+    build_pairs(manifest, tmp_path / "p.h5", "x", bow_dim=5, n_query=1, n_train=1, split_seed=0)
+    data, _ = read_pairs(tmp_path / "p.h5")
+    assert decode(data["texts"][0]) == ["Dog sky", "cat cat sky", "sky\u2028bird"]
+    assert decode(data["label_names"][0]) == ["cat", "dog", "sky"]

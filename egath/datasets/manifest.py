@@ -5,7 +5,6 @@ own data share the same vocabulary and split logic. Formats: docs/formats.md.
 """
 from __future__ import annotations
 
-import csv
 import os
 import logging
 from collections import Counter
@@ -15,14 +14,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from egath.datasets.text import EMPTY_TEXT_PLACEHOLDER, EMPTY_TEXT_RULE, read_lines, tokenize
 from egath.io import atomic_output
 
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ("id", "image", "text", "labels")
-# Edge punctuation of a whitespace-separated word; inner characters stay, so multi-word tags
-# such as "plant_life" or "new-york" remain one vocabulary entry.
-_PUNCTUATION = "\"'.,;:!?()[]{}<>"
 
 
 @dataclass
@@ -34,16 +31,11 @@ class Manifest:
     label_names: list[str]
 
 
-def tokenize(text: str) -> list[str]:
-    words = (word.strip(_PUNCTUATION) for word in text.lower().split())
-    return [word for word in words if word]
-
-
 def read_label_names(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: label list not found")
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    names = [line.strip() for line in read_lines(path) if line.strip()]
     duplicated = sorted(name for name, count in Counter(names).items() if count > 1)
     if duplicated:
         raise ValueError(f"{path}: label names listed twice: {duplicated}")
@@ -53,8 +45,12 @@ def read_label_names(path: str | Path) -> list[str]:
 
 
 def read_manifest(manifest_path: str | Path, labels_path: str | Path | None = None,
-                  check_images: bool = True) -> Manifest:
-    """Read and check a manifest; every problem is reported with its file and line number."""
+                  check_images: bool = True, allow_empty_text: bool = False) -> Manifest:
+    """Read and check a manifest; every problem is reported with its file and line number.
+
+    A row whose text gives no word (EMPTY_TEXT_RULE) is an error unless `allow_empty_text`:
+    in a user's own data it is more often a mistake than a choice.
+    """
     manifest_path = Path(manifest_path)
     labels_path = Path(labels_path) if labels_path else manifest_path.with_name("labels.txt")
     label_names = read_label_names(labels_path)
@@ -64,43 +60,46 @@ def read_manifest(manifest_path: str | Path, labels_path: str | Path | None = No
 
     ids, image_paths, texts, label_rows = [], [], [], []
     first_line_of_id: dict[str, int] = {}
-    with open(manifest_path, newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader, None)
-        if header is None or tuple(header) != MANIFEST_COLUMNS:
-            raise ValueError(f"{manifest_path}: header must be {'<TAB>'.join(MANIFEST_COLUMNS)}, "
-                             f"found {header!r}")
-        for line_no, row in enumerate(reader, start=2):
-            where = f"{manifest_path}:{line_no}"
-            if len(row) != len(MANIFEST_COLUMNS):
-                raise ValueError(f"{where}: expected {len(MANIFEST_COLUMNS)} tab-separated fields, "
-                                 f"found {len(row)}")
-            sample_id, image, text, labels = (field.strip() for field in row)
-            if not sample_id:
-                raise ValueError(f"{where}: empty id")
-            if sample_id in first_line_of_id:
-                raise ValueError(f"{where}: duplicate id {sample_id!r} "
-                                 f"(first at line {first_line_of_id[sample_id]})")
-            first_line_of_id[sample_id] = line_no
-            if not tokenize(text):
-                raise ValueError(f"{where}: sample {sample_id!r} has an empty text")
-            names = [name.strip() for name in labels.split(",") if name.strip()]
-            if not names:
-                raise ValueError(f"{where}: sample {sample_id!r} has no labels")
-            unknown = [name for name in names if name not in label_index]
-            if unknown:
-                raise ValueError(f"{where}: sample {sample_id!r} has labels not in {labels_path}: "
-                                 f"{unknown}")
-            image_path = Path(os.path.normpath(manifest_path.parent / image))  # absolute stays absolute
-            if check_images and not image_path.is_file():
-                raise FileNotFoundError(f"{where}: image of sample {sample_id!r} not found: "
-                                        f"{image_path}")
-            row_labels = np.zeros(len(label_names), np.uint8)
-            row_labels[[label_index[name] for name in names]] = 1
-            ids.append(sample_id)
-            image_paths.append(str(image_path))
-            texts.append(text)
-            label_rows.append(row_labels)
+    lines = read_lines(manifest_path)
+    header = lines[0].split("\t") if lines else None
+    if header is None or tuple(header) != MANIFEST_COLUMNS:
+        raise ValueError(f"{manifest_path}: header must be {'<TAB>'.join(MANIFEST_COLUMNS)}, "
+                         f"found {header!r}")
+    for line_no, line in enumerate(lines[1:], start=2):
+        where = f"{manifest_path}:{line_no}"
+        row = line.split("\t")
+        if len(row) != len(MANIFEST_COLUMNS):
+            raise ValueError(f"{where}: expected {len(MANIFEST_COLUMNS)} tab-separated fields, "
+                             f"found {len(row)}")
+        sample_id, image, text, labels = (field.strip() for field in row)
+        if not sample_id:
+            raise ValueError(f"{where}: empty id")
+        if sample_id in first_line_of_id:
+            raise ValueError(f"{where}: duplicate id {sample_id!r} "
+                             f"(first at line {first_line_of_id[sample_id]})")
+        first_line_of_id[sample_id] = line_no
+        if not allow_empty_text and not tokenize(text):
+            raise ValueError(f"{where}: sample {sample_id!r} has an empty text {text!r}: "
+                             f"{EMPTY_TEXT_RULE}. Give it a text, or set allow_empty_text "
+                             f"(config: `allow_empty_text: true` for the dataset) to keep it "
+                             f"with an all-zero bag-of-words row")
+        names = [name.strip() for name in labels.split(",") if name.strip()]
+        if not names:
+            raise ValueError(f"{where}: sample {sample_id!r} has no labels")
+        unknown = [name for name in names if name not in label_index]
+        if unknown:
+            raise ValueError(f"{where}: sample {sample_id!r} has labels not in {labels_path}: "
+                             f"{unknown}")
+        image_path = Path(os.path.normpath(manifest_path.parent / image))  # absolute stays absolute
+        if check_images and not image_path.is_file():
+            raise FileNotFoundError(f"{where}: image of sample {sample_id!r} not found: "
+                                    f"{image_path}")
+        row_labels = np.zeros(len(label_names), np.uint8)
+        row_labels[[label_index[name] for name in names]] = 1
+        ids.append(sample_id)
+        image_paths.append(str(image_path))
+        texts.append(text)
+        label_rows.append(row_labels)
     if not ids:
         raise ValueError(f"{manifest_path}: no samples")
     return Manifest(ids, image_paths, texts, np.stack(label_rows), label_names)
@@ -139,27 +138,37 @@ def split_indices(n: int, n_query: int, n_train: int, seed: int) -> dict[str, np
 
 def build_pairs(manifest_path: str | Path, out_path: str | Path, dataset: str, bow_dim: int,
                 n_query: int, n_train: int, split_seed: int,
-                labels_path: str | Path | None = None) -> dict[str, int]:
-    """Write `pairs.h5` for a manifest. Returns the counts it logged."""
-    manifest = read_manifest(manifest_path, labels_path)
+                labels_path: str | Path | None = None,
+                allow_empty_text: bool = False) -> dict[str, int]:
+    """Write `pairs.h5` for a manifest. Returns the counts it logged.
+
+    With `allow_empty_text`, a sample whose text gives no word keeps an all-zero
+    bag-of-words row, as the published NUS-WIDE sets do, and its stored text (the one CLIP
+    encodes) is EMPTY_TEXT_PLACEHOLDER.
+    """
+    manifest = read_manifest(manifest_path, labels_path, allow_empty_text=allow_empty_text)
     vocabulary = build_vocabulary(manifest.texts, bow_dim)
     bow = bag_of_words(manifest.texts, vocabulary)
+    empty = [not tokenize(text) for text in manifest.texts]
+    encoder_texts = [EMPTY_TEXT_PLACEHOLDER if e else text for e, text in zip(empty, manifest.texts)]
     try:
         splits = split_indices(len(manifest.ids), n_query, n_train, split_seed)
     except ValueError as e:
         raise ValueError(f"{manifest_path}: {e}") from e
     empty_bow = int((bow.sum(1) == 0).sum())
     counts = {"samples": len(manifest.ids), "labels": len(manifest.label_names),
-              "vocabulary": len(vocabulary), "texts_without_vocabulary_words": empty_bow,
+              "vocabulary": len(vocabulary), "empty_texts": sum(empty),
+              "texts_without_vocabulary_words": empty_bow,
               **{f"n_{name}": len(idx) for name, idx in splits.items()}}
     log.info("%s: %s", dataset, counts)
 
     text = h5py.string_dtype()
     with atomic_output(out_path) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs.update(dataset=dataset, n_query=n_query, n_train=n_train, split_seed=split_seed)
+        f.attrs.update(dataset=dataset, n_query=n_query, n_train=n_train, split_seed=split_seed,
+                       empty_text_placeholder=EMPTY_TEXT_PLACEHOLDER)
         f.create_dataset("ids", data=manifest.ids, dtype=text)
         f.create_dataset("image_paths", data=manifest.image_paths, dtype=text)
-        f.create_dataset("texts", data=manifest.texts, dtype=text)
+        f.create_dataset("texts", data=encoder_texts, dtype=text)
         f.create_dataset("labels", data=manifest.labels)
         f.create_dataset("label_names", data=manifest.label_names, dtype=text)
         f.create_dataset("bow", data=bow, compression="gzip", chunks=True)
