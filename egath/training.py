@@ -45,6 +45,7 @@ class TrainConfig:
     code_gamma: float = 0.01  # gamma_0 of the B = C penalty (GCDH)
     code_rho: float = 1.05  # gamma <- rho gamma each epoch (GCDH)
     code_mu: float = 0.5  # mu, weight of the network outputs in the B update (GCDH, paper)
+    code_update: str = "penalty"  # B update: "penalty" (stable; README) or "gcdh" (GCDH's exact algebra)
     d_model: int = 512  # transformer width
     ff_dim: int = 2048  # transformer feed-forward width
     feature_dim: int = 512  # F_I, F_T
@@ -63,6 +64,8 @@ class TrainConfig:
         cfg = cls(**params)
         if cfg.selection not in ("last", "validation"):
             raise ValueError(f"selection must be 'last' or 'validation', got {cfg.selection!r}")
+        if cfg.code_update not in ("penalty", "gcdh"):
+            raise ValueError(f"code_update must be 'penalty' or 'gcdh', got {cfg.code_update!r}")
         if (cfg.selection == "validation") != (cfg.n_validation > 0):
             raise ValueError("selection 'validation' needs n_validation > 0, and n_validation "
                              f"is only used with it (got {cfg.selection!r}, {cfg.n_validation})")
@@ -202,11 +205,11 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
                 for name, value in terms.items():
                     sums[name] = sums.get(name, 0.0) + value.detach()
         totals = {name: float(value) / n for name, value in sums.items()}
-        objective.end_epoch(h_image, h_text)
+        epoch_stats = {name: float(value) for name, value in (objective.end_epoch(h_image, h_text) or {}).items()}
         if not all(math.isfinite(v) for v in totals.values()):
             raise FloatingPointError(f"epoch {epoch + 1}: loss is not finite: {totals}")
         record = {"epoch": epoch + 1, "lr": method_def.lr_scale(cfg, method_params, epoch) * base_lrs[0][0],
-                  **totals}
+                  **totals, **epoch_stats}
         if validation is not None:
             record["validation_map"] = validation_map(model, validation, device)
             if record["validation_map"] > best["score"]:

@@ -14,7 +14,8 @@ egath.training is the same for all of them:
                 out = model(image, text)                      # dict: h_image, h_text in (-1, 1), ...
                 terms = objective.loss(out, labels, index)    # dict of named terms and "total"
                 total.backward(); step every optimizer
-        objective.end_epoch(h_image, h_text)                  # e.g. a discrete code update
+        objective.end_epoch(h_image, h_text)                  # e.g. a discrete code update; may
+                                                              # return scalars for the history
 
 A model is an nn.Module with a `cfg` dataclass (saved as `model_config`), forward(image, text)
 -> dict with `h_image` and `h_text` in (-1, 1), and encode_image / encode_text (continuous; the
@@ -89,8 +90,9 @@ class Objective:
     def begin_phase(self, phase) -> None:
         pass
 
-    def end_epoch(self, h_image: torch.Tensor, h_text: torch.Tensor) -> None:
-        pass
+    def end_epoch(self, h_image: torch.Tensor, h_text: torch.Tensor) -> dict | None:
+        """Per-epoch updates; may return scalars to log in the history (e.g. how much B moved)."""
+        return None
 
     def state_dict(self) -> dict:
         return {}

@@ -181,18 +181,36 @@ def orthonormal_projection(m: torch.Tensor) -> torch.Tensor:
     return u @ vh
 
 
+CODE_UPDATES = ("penalty", "gcdh")  # TrainConfig.code_update; the README compares them
+
+
 def update_codes(state: CodeState, labels: torch.Tensor, h_image: torch.Tensor, h_text: torch.Tensor,
-                 lam: float, mu: float, rho: float) -> CodeState:
-    """One discrete step (GCDH eq.):
-    R = (L^T L + lam I)^-1 L^T B;  B = sign(L R + gamma (C - D / gamma) + mu (H_I + H_T));
-    C = proj(B + D / gamma);  D = D + gamma (B - C);  gamma = rho gamma."""
+                 lam: float, mu: float, rho: float, variant: str = "gcdh") -> CodeState:
+    """One discrete step. Both variants first fit R = (L^T L + lam I)^-1 L^T B, then:
+
+    gcdh (GCDH's algebra, exactly):
+        B = sign(L R + gamma (C - D / gamma) + mu (H_I + H_T));  C = proj(B + D / gamma);
+        D = D + gamma (B - C);  gamma = rho gamma.
+      C has orthonormal columns (entries ~ 1/sqrt(N)) while B is +-1, so B = C never holds and
+      D grows by about gamma B every epoch while gamma grows: the update does not settle.
+    penalty (the default):
+        B = sign(L R + gamma C + mu (H_I + H_T));  C = sqrt(N) proj(B);  D = 0, gamma fixed.
+      The same pull towards decorrelated codes, with C on B's scale ({C^T C = N I}) and no
+      multiplier to accumulate: every term is bounded, so B changes only as L R and H do.
+    """
     L = labels.float()
     eye = torch.eye(L.shape[1], dtype=L.dtype, device=L.device)
     R = torch.linalg.solve(L.T @ L + lam * eye, L.T @ state.codes)  # (C, K)
-    codes = binarize(L @ R + state.gamma * state.auxiliary - state.multiplier + mu * (h_image + h_text))
-    auxiliary = orthonormal_projection(codes + state.multiplier / state.gamma)
-    multiplier = state.multiplier + state.gamma * (codes - auxiliary)
-    return CodeState(codes, auxiliary, multiplier, state.gamma * rho)
+    if variant == "gcdh":
+        codes = binarize(L @ R + state.gamma * state.auxiliary - state.multiplier + mu * (h_image + h_text))
+        auxiliary = orthonormal_projection(codes + state.multiplier / state.gamma)
+        multiplier = state.multiplier + state.gamma * (codes - auxiliary)
+        return CodeState(codes, auxiliary, multiplier, state.gamma * rho)
+    if variant == "penalty":
+        codes = binarize(L @ R + state.gamma * state.auxiliary + mu * (h_image + h_text))
+        auxiliary = orthonormal_projection(codes) * codes.shape[0] ** 0.5
+        return CodeState(codes, auxiliary, state.multiplier, state.gamma)
+    raise ValueError(f"code_update must be one of {CODE_UPDATES}, got {variant!r}")
 
 
 class EgathObjective(Objective):
@@ -212,10 +230,14 @@ class EgathObjective(Objective):
         return egath_loss(out, labels, self.state.codes[index], cfg.margin, cfg.triplet_weight,
                           cfg.quantization_weight, cfg.classification_weight, self.use_triplet)
 
-    def end_epoch(self, h_image: torch.Tensor, h_text: torch.Tensor) -> None:
+    def end_epoch(self, h_image: torch.Tensor, h_text: torch.Tensor) -> dict:
         cfg = self.cfg
+        before = self.state.codes
         self.state = update_codes(self.state, self.labels, h_image, h_text,
-                                  cfg.code_lambda, cfg.code_mu, cfg.code_rho)
+                                  cfg.code_lambda, cfg.code_mu, cfg.code_rho, cfg.code_update)
+        # how much B moved, and the multiplier's size: both settle when the update is stable
+        return {"code_flip_rate": (self.state.codes != before).float().mean(),
+                "multiplier_rms": self.state.multiplier.pow(2).mean().sqrt()}
 
     def state_dict(self) -> dict:
         return asdict(self.state)
