@@ -1,9 +1,8 @@
-"""The MIRFlickr25K, NUS-WIDE and MS-COCO preparers on miniature copies of the original
-layouts (real file names and formats, real JPEGs)."""
+"""The MIRFlickr25K and MS-COCO preparers on miniature copies of the original
+layouts (real file names and formats, real JPEGs); NUS-WIDE: test_nuswide.py."""
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +10,11 @@ import pytest
 from PIL import Image
 
 from egath.datasets.coco import prepare_coco
-from egath.datasets.raw import DatasetError, is_empty_text
+from egath.datasets.raw import DatasetError
 from egath.datasets.mirflickr import MIRFLICKR_LABELS, prepare_mirflickr25k
-from egath.datasets.nuswide import prepare_nuswide
 
 
-def _jpeg(path: Path, seed: int) -> None:
+def write_jpeg(path: Path, seed: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (8, 8), (seed * 37 % 256, seed * 11 % 256, 90)).save(path, "JPEG")
 
@@ -37,7 +35,7 @@ def read_manifest(out: Path):
     return rows, labels, Y
 
 
-def _check_total(counts):
+def check_total(counts):
     dropped = sum(v for k, v in counts.items() if k.startswith("dropped_"))
     assert counts["read"] == counts["kept"] + dropped
 
@@ -67,7 +65,7 @@ def mir_raw(tmp_path):
     raw = tmp_path / "raw"
     base = raw / "mirflickr"
     for i in range(1, N_MIR + 1):
-        _jpeg(base / f"im{i}.jpg", i)
+        write_jpeg(base / f"im{i}.jpg", i)
         tags = base / "meta" / "tags" / f"tags{i}.txt"
         tags.parent.mkdir(parents=True, exist_ok=True)
         tags.write_text("".join(t + "\r\n" for t in _mir_tags(i)), encoding="utf-8")
@@ -103,7 +101,7 @@ def test_mirflickr_egath(mir_raw, tmp_path):
     assert counts["dropped_no_label"] == 5
     assert counts["dropped_no_frequent_tag"] == N_MIR - 5 - 15
     assert counts["dropped_missing_image"] == 0
-    _check_total(counts)
+    check_total(counts)
     rows, labels, Y = read_manifest(out)
     assert labels == list(MIRFLICKR_LABELS)
     assert [r[0] for r in rows] == [f"im{i}" for i in keep]
@@ -136,11 +134,24 @@ def test_mirflickr_dchmt_keeps_raw_tags(mir_raw, tmp_path):
     counts = prepare_mirflickr25k(mir_raw, tmp_path / "out2", protocol="dchmt")
     assert counts["kept"] == 25 and counts["dropped_empty_text"] == 10
     assert counts["empty_text_kept"] == 0
-    _check_total(counts)
+    check_total(counts)
     rows, _, _ = read_manifest(tmp_path / "out")
     assert Path(rows[0][1]).is_absolute()
     texts = {r[0]: r[2] for r in rows}
     assert texts["im2"] == "rare2 sky cloud"
+
+
+def test_mirflickr_keeps_tags_in_any_script(mir_raw, tmp_path):
+    # Images 4 and 8 have no tags in the fixture; 4 gets tags in other scripts (dropped as
+    # empty while the rule looked for ASCII letters only), 8 gets punctuation only.
+    tags = mir_raw / "mirflickr" / "meta" / "tags"
+    (tags / "tags4.txt").write_text("\u65e5\u672c\r\n\u03c0\u03cc\u03bb\u03b7\r\n", encoding="utf-8")
+    (tags / "tags8.txt").write_text("---\r\n###\r\n", encoding="utf-8")
+    counts = prepare_mirflickr25k(mir_raw, tmp_path / "out", protocol="dchmt")
+    assert counts["dropped_empty_text"] == 9 and counts["kept"] == 26
+    rows, _, _ = read_manifest(tmp_path / "out")
+    texts = {r[0]: r[2] for r in rows}
+    assert texts["im4"] == "\u65e5\u672c \u03c0\u03cc\u03bb\u03b7" and "im8" not in texts
 
 
 def test_mirflickr_missing_image(mir_raw, tmp_path):
@@ -152,7 +163,7 @@ def test_mirflickr_missing_image(mir_raw, tmp_path):
     assert not (tmp_path / "out" / "manifest.tsv").exists()
     counts = prepare_mirflickr25k(mir_raw, tmp_path / "out", allow_missing_images=True)
     assert counts["dropped_missing_image"] == 1 and counts["kept"] == 14
-    _check_total(counts)
+    check_total(counts)
 
 
 def test_mirflickr_bad_annotations(mir_raw, tmp_path):
@@ -179,147 +190,6 @@ def test_mirflickr_missing_folders(tmp_path):
         prepare_mirflickr25k(tmp_path, tmp_path / "out", protocol="bogus")
 
 
-# ----------------------------------------------------------------------------- NUS-WIDE
-
-N_NUS, N_CONCEPTS, N_TAGS = 60, 25, 30
-CONCEPTS = sorted(f"concept{j:02d}" for j in range(N_CONCEPTS))
-FOLDERS = ["actor", "airport", "zebra"]
-
-
-def _nus_data():
-    rng = np.random.default_rng(0)
-    p = np.linspace(0.35, 0.02, N_CONCEPTS)
-    labels = (rng.random((N_NUS, N_CONCEPTS)) < p).astype(int)
-    tags = (rng.random((N_NUS, N_TAGS)) < 0.1).astype(int)
-    tags[::7] = 0  # some images without any 1k tag
-    files = [(FOLDERS[i % 3], f"{i + 1:04d}_{1000 + 17 * i}.jpg") for i in range(N_NUS)]
-    return labels, tags, files
-
-
-@pytest.fixture
-def nus_raw(tmp_path):
-    raw = tmp_path / "raw"
-    labels, tags, files = _nus_data()
-    (raw / "ImageList").mkdir(parents=True)
-    lines = [(f"C:\\ImageData\\Flickr\\{c}\\{f}" if i % 10 == 0 else f"{c}\\{f}")
-             for i, (c, f) in enumerate(files)]
-    (raw / "ImageList" / "Imagelist.txt").write_text("\r\n".join(lines) + "\r\n")
-    (raw / "ConceptsList").mkdir()
-    (raw / "ConceptsList" / "Concepts81.txt").write_text("\n".join(CONCEPTS) + "\n")
-    gt = raw / "Groundtruth" / "AllLabels"
-    gt.mkdir(parents=True)
-    for j, c in enumerate(CONCEPTS):
-        (gt / f"Labels_{c}.txt").write_text("".join(f"{v}\n" for v in labels[:, j]))
-    tg = raw / "NUS_WID_Tags"
-    tg.mkdir()
-    names = [f"tag{k}" for k in range(N_TAGS)]
-    (tg / "TagList1k.txt").write_text("\n".join(names) + "\n")
-    (tg / "AllTags1k.txt").write_text(
-        "".join("\t".join(map(str, row)) + "\t\n" for row in tags))
-    (tg / "All_Tags.txt").write_text("".join(
-        f"{f[:-4].split('_')[1]}      " + " ".join(n.upper() for n, v in zip(names, row) if v)
-        + "\n" for (c, f), row in zip(files, tags)))
-    for i, (c, f) in enumerate(files):
-        # Most images in the Imagelist layout, a few in a flat images/ folder.
-        _jpeg(raw / "images" / f if i % 9 == 4 else raw / "Flickr" / c / f, i)
-    return raw
-
-
-def _nus_expected(k):
-    labels, tags, files = _nus_data()
-    freq = labels.sum(0)
-    top = sorted(sorted(range(N_CONCEPTS), key=lambda j: (-freq[j], j))[:k])
-    Y = labels[:, top]
-    keep = np.flatnonzero(Y.any(1))
-    return [CONCEPTS[j] for j in top], keep, Y[keep], tags[keep], files
-
-
-def test_nuswide_egath(nus_raw, tmp_path):
-    out = tmp_path / "out"
-    counts = prepare_nuswide(nus_raw, out, drop_empty_text=False)
-    names, keep, Y, tags, files = _nus_expected(10)
-    rows, labels, got = read_manifest(out)
-    assert labels == names
-    assert counts["read"] == N_NUS
-    assert counts["kept"] == len(keep) and counts["dropped_no_label"] == N_NUS - len(keep) > 0
-    assert counts["dropped_missing_image"] == 0
-    assert counts["empty_text_kept"] == int((tags.sum(1) == 0).sum()) > 0
-    _check_total(counts)
-    np.testing.assert_array_equal(got, Y)
-    assert [r[0] for r in rows] == [f"{files[i][0]}/{files[i][1][:-4]}" for i in keep]
-    for r, row in enumerate(rows):
-        assert row[2] == " ".join(f"tag{k}" for k in np.flatnonzero(tags[r]))
-    assert any(r[1].startswith("../raw/images/") for r in rows)
-    assert any(r[1].startswith("../raw/Flickr/actor/") for r in rows)
-
-
-def test_nuswide_dchmt_and_empty_text(nus_raw, tmp_path):
-    counts = prepare_nuswide(nus_raw, tmp_path / "out", protocol="dchmt",
-                             drop_empty_text=False)
-    names, keep, Y, tags, _ = _nus_expected(21)
-    rows, labels, got = read_manifest(tmp_path / "out")
-    assert labels == names and len(labels) == 21
-    np.testing.assert_array_equal(got, Y)
-    assert rows[0][2] == " ".join(f"TAG{k}" for k in np.flatnonzero(tags[0]))
-    counts = prepare_nuswide(nus_raw, tmp_path / "out2")  # drops empty texts by default
-    _, keep10, _, tags10, _ = _nus_expected(10)
-    assert counts["dropped_empty_text"] == int((tags10.sum(1) == 0).sum())
-    assert counts["kept"] == len(keep10) - counts["dropped_empty_text"]
-    assert counts["empty_text_kept"] == 0
-    _check_total(counts)
-    rows, _, _ = read_manifest(tmp_path / "out2")
-    assert all(r[2] for r in rows)
-
-
-def test_empty_text_rule():
-    assert is_empty_text("") and is_empty_text("  ") and is_empty_text("\u65e5\u672c !")
-    assert not is_empty_text("a") and not is_empty_text("\u65e5 2008")
-
-
-def test_nuswide_missing_images(nus_raw, tmp_path):
-    shutil.rmtree(nus_raw / "Flickr" / "zebra")
-    with pytest.raises(DatasetError) as e:
-        prepare_nuswide(nus_raw, tmp_path / "out", drop_empty_text=False)
-    msg = str(e.value)
-    _, keep, _, _, files = _nus_expected(10)
-    n_missing = sum(1 for i in keep if files[i][0] == "zebra" and i % 9 != 4)
-    assert f"{n_missing} of {len(keep)} images are missing" in msg
-    assert "Flickr/zebra/" in msg and "mirror" in msg and "allow_missing_images" in msg
-    assert "{raw_dir}" not in msg and f"{nus_raw}/Flickr/<concept>/" in msg
-    counts = prepare_nuswide(nus_raw, tmp_path / "out", allow_missing_images=True,
-                             drop_empty_text=False)
-    assert counts["dropped_missing_image"] == n_missing
-    _check_total(counts)
-    read_manifest(tmp_path / "out")
-
-
-def test_nuswide_corrupt_files(nus_raw, tmp_path):
-    lab = nus_raw / "Groundtruth" / "AllLabels" / f"Labels_{CONCEPTS[3]}.txt"
-    good = lab.read_text()
-    lab.write_text(good.replace("0\n", "-1130179\n", 1))
-    with pytest.raises(DatasetError, match=f"Labels_{CONCEPTS[3]}.txt: line"):
-        prepare_nuswide(nus_raw, tmp_path / "out")
-    lab.write_text(good + "0\n")
-    with pytest.raises(DatasetError, match="61 values, expected 60"):
-        prepare_nuswide(nus_raw, tmp_path / "out")
-    lab.unlink()
-    with pytest.raises(DatasetError, match=f"Labels_{CONCEPTS[3]}.txt"):
-        prepare_nuswide(nus_raw, tmp_path / "out")
-    lab.write_text(good)
-    tags = nus_raw / "NUS_WID_Tags" / "AllTags1k.txt"
-    tags.write_text("\n".join(tags.read_text().splitlines()[:-1]) + "\n")
-    with pytest.raises(DatasetError, match="AllTags1k.txt: 59 lines, expected 60"):
-        prepare_nuswide(nus_raw, tmp_path / "out")
-    alltags = nus_raw / "NUS_WID_Tags" / "All_Tags.txt"
-    lines = alltags.read_text().splitlines()
-    alltags.write_text("\n".join(lines[1:] + lines[:1]) + "\n")
-    with pytest.raises(DatasetError, match="out of step"):
-        prepare_nuswide(nus_raw, tmp_path / "out", protocol="dchmt")
-    (nus_raw / "ImageList" / "Imagelist.txt").unlink()
-    with pytest.raises(DatasetError, match="Imagelist.txt"):
-        prepare_nuswide(nus_raw, tmp_path / "out")
-
-
 # ----------------------------------------------------------------------------- MS-COCO
 
 CATS = [(90, "toothbrush"), (1, "person"), (10, "traffic light"), (3, "car")]
@@ -332,7 +202,7 @@ def _coco_split(raw, split, year, ids, id_offset):
         iid = id_offset + k
         name = (f"COCO_{split}{year}_{iid:012d}.jpg" if year == 2014 else f"{iid:012d}.jpg")
         images.append({"id": iid, "file_name": name, "width": 8, "height": 8})
-        _jpeg(raw / f"{split}{year}" / name, iid)
+        write_jpeg(raw / f"{split}{year}" / name, iid)
         if k % 5:
             for c in {CATS[k % 4][0], CATS[(k * 3) % 4][0]}:
                 inst.append({"id": len(inst) + 1 + 10 * iid, "image_id": iid, "category_id": c,
@@ -366,7 +236,7 @@ def test_coco_egath(tmp_path):
     assert counts["dropped_no_instance"] == 2 + 1          # k = 5, 10 in train; 5 in val
     assert counts["dropped_no_caption"] == 2               # k = 7 in train and val
     assert counts["kept"] == 15 and counts["dropped_missing_image"] == 0
-    _check_total(counts)
+    check_total(counts)
     rows, labels, Y = read_manifest(out)
     assert labels == ["person", "car", "traffic light", "toothbrush"]  # by category id
     assert rows[0][0] == "COCO_train2014_000000000001"

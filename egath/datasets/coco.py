@@ -22,8 +22,9 @@ import logging
 from pathlib import Path
 
 from egath.datasets.download import SOURCES
-from egath.datasets.raw import (DatasetError, check_images, clean_text, is_empty_text, log_counts,
+from egath.datasets.raw import (DatasetError, check_images, clean_text, log_counts,
                                manifest_image_path, require_file, write_manifest)
+from egath.datasets.text import is_empty_text
 
 log = logging.getLogger(__name__)
 

@@ -23,14 +23,15 @@ from egath.datasets.raw import DatasetError
 log = logging.getLogger(__name__)
 
 NUSWIDE_IMAGES_INSTRUCTIONS = """\
-NUS-WIDE images are no longer served by NUS. Get the 269,648 Flickr images from a mirror
-(the NUS-WIDE page links to the image URL list NUS-WIDE-urls.rar; copies of the image
-folder circulate on academic mirrors and Kaggle) and place them under
-    {raw_dir}/Flickr/<concept>/<file>.jpg     (the layout of ImageList/Imagelist.txt,
-                                               e.g. Flickr/actor/0001_2124494179.jpg)
-or  {raw_dir}/images/<concept>/<file>.jpg
-or  {raw_dir}/images/<file>.jpg               (flat folder, same file names).
-The file names must be those of ImageList/Imagelist.txt (<index>_<flickr photo id>.jpg)."""
+NUS-WIDE's 269,648 Flickr images are given out by NUS on request (the agreement form on the
+NUS-WIDE page; NUS-WIDE-urls.rar lists the original Flickr URLs, many now dead). Copies also
+circulate, e.g. HashNet's nus_wide.tar.gz (223,496 images named
+<n>_<Flickr photo id>_<secret>_m.jpg). Put the images anywhere under {raw_dir} (a symlinked
+folder works); each image of ImageList/Imagelist.txt is found
+  1. by its Imagelist path, e.g. {raw_dir}/Flickr/actor/0001_2124494179.jpg,
+  2. else by its file name in any folder, e.g. {raw_dir}/images/0001_2124494179.jpg,
+  3. else by its Flickr photo id (the second "_" field of a file name), e.g.
+     {raw_dir}/images/27863_2124494179_90ee058136_m.jpg."""
 
 _MIR = "http://press.liacs.nl/mirflickr/mirflickr25k.v3b/"
 _NUS = "https://lms.comp.nus.edu.sg/wp-content/uploads/2019/research/nuswide/"

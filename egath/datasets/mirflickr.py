@@ -15,7 +15,8 @@ Protocols:
   tags, so the bag-of-words vocabulary is the 1,386 tags of `common_tags.txt`.
   Full data: 20,015 pairs.
 - "dchmt": keep images with >= 1 of the 24 labels; the text is all the image's tags.
-  Images without tags are dropped and counted; `drop_empty_text=False` keeps them with an
+  Images whose tags give no word (none, or punctuation only; tags in any script count, see
+  text.EMPTY_TEXT_RULE) are dropped and counted; `drop_empty_text=False` keeps them with an
   empty text (the published 24,581 pairs include them).
 
 Labels are the 24 potential-label files (without `_r1`), in alphabetical order.
@@ -28,8 +29,9 @@ import re
 from pathlib import Path
 
 from egath.datasets.download import SOURCES
-from egath.datasets.raw import (DatasetError, check_images, find_first, is_empty_text, log_counts,
+from egath.datasets.raw import (DatasetError, check_images, find_first, log_counts,
                                manifest_image_path, require_file, write_manifest)
+from egath.datasets.text import is_empty_text, read_lines
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ _HINT = SOURCES["mirflickr25k"]["instructions"]
 
 def _read_tags(path: Path) -> list[str]:
     seen: dict[str, None] = {}
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in read_lines(path, strict=False):
         tag = line.strip()
         if tag:
             seen.setdefault(tag, None)  # keep file order, drop repeats
@@ -53,7 +55,7 @@ def _read_tags(path: Path) -> list[str]:
 
 def _read_annotation(path: Path, valid_ids: set[int]) -> set[int]:
     ids = set()
-    for k, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    for k, line in enumerate(read_lines(path, strict=False), 1):
         s = line.strip()
         if not s:
             continue
@@ -72,8 +74,7 @@ def _frequent_tags(doc: Path, tags: dict[int, list[str]], min_count: int) -> set
     common = doc / "common_tags.txt"
     if common.is_file():
         out = set()
-        for k, line in enumerate(common.read_text(encoding="utf-8", errors="replace")
-                                 .splitlines(), 1):
+        for k, line in enumerate(read_lines(common, strict=False), 1):
             fields = line.split()
             if not fields:
                 continue

@@ -1,62 +1,84 @@
-"""NUS-WIDE: original file layout -> `manifest.tsv` + `labels.txt`.
+"""NUS-WIDE: the official files and a copy of the images -> `manifest.tsv` + `labels.txt`.
 
-Expected under `raw_dir` (as the NUS LMS archives unpack):
+The official files, under `raw_dir` or a `NUS-WIDE/`, `nuswide/`, `NUS_WIDE/` or
+`Low-Level-Features/` folder in it, each in its folder or flat (as the archives unpack):
 
-    ImageList/Imagelist.txt            269,648 lines, e.g. `actor\\0001_2124494179.jpg`
-                                       (a `C:\\ImageData\\Flickr\\` prefix is tolerated)
-    ConceptsList/Concepts81.txt        the 81 concept names
-    Groundtruth/AllLabels/Labels_{concept}.txt   one 0/1 a line, Imagelist order
-    NUS_WID_Tags/TagList1k.txt         the 1,000 tag names  (protocol "egath")
-    NUS_WID_Tags/AllTags1k.txt         one line of 1,000 0/1 values per image (egath)
-    NUS_WID_Tags/All_Tags.txt          `<photo id> tag tag ...` per image (protocol "dchmt")
-    Flickr/<concept>/<file>.jpg        images from a mirror (or images/<concept>/<file>.jpg,
-                                       or images/<file>.jpg)
+    ImageList/Imagelist.txt   or Imagelist.txt      269,648 lines, e.g. `actor\\0001_2124494179.jpg`
+                                                    (a `C:\\ImageData\\Flickr\\` prefix is tolerated)
+    ConceptsList/Concepts81.txt or Concepts81.txt   the 81 concept names
+    Groundtruth/AllLabels/ or AllLabels/            Labels_{concept}.txt, one 0/1 a line
+    NUS_WID_Tags/ or flat: TagList1k.txt, AllTags1k.txt (protocol "egath"), All_Tags.txt ("dchmt")
 
-Protocols:
-- "egath" (DCMH/GCDH): the 10 most frequent concepts; keep images with >= 1 of them; the
-  text is the image's tags among the 1k tag list (from AllTags1k.txt), so the BoW is the
+Images: NUS gives them out on request, and copies name them differently, so every image file
+under `raw_dir` (symlinked folders followed) is indexed, and each image of Imagelist.txt is
+found by the first rule that matches:
+    1. imagelist_path  its Imagelist path `<folder>/<file>`, e.g. Flickr/actor/0001_2124494179.jpg
+    2. file_name       its Imagelist file name in any folder, e.g. images/0001_2124494179.jpg
+    3. photo_id        its Flickr photo id as the second `_` field of a file name, e.g.
+                       27863_2124494179_90ee058136_m.jpg (copies named after Flickr's URLs)
+The log gives the count found by each rule; missing images are named (count and the first
+ten). Files whose bytes at least PLACEHOLDER_MIN_COPIES images share are Flickr's "photo
+unavailable" stand-in, saved by some copies instead of deleted photos: they count as missing.
+Missing images stop the run unless `allow_missing_images`, which drops them (counted).
+
+Protocols (counts: iTomxy/data, nuswide/make.clean.py, matching DCMH's released sets):
+- "egath" (DCMH/GCDH TC-10): the 10 most frequent concepts; keep images with >= 1 of them;
+  the text is the image's tags among the 1k tag list (from AllTags1k.txt), so the BoW is the
   1,000-tag indicator. Full data: 186,577 pairs.
-- "dchmt": the 21 most frequent concepts, >= 1 of them; the text is the image's raw tags
-  from All_Tags.txt. Full data: 195,834 pairs.
+- "dchmt" (TC-21): the 21 most frequent concepts, >= 1 of them; the text is the image's raw
+  tags from All_Tags.txt. Full data: 195,834 pairs.
+Both counts include the images whose text is empty (no tag, or no word: text.EMPTY_TEXT_RULE);
+they are kept with an empty text (an all-zero BoW row). `drop_empty_text=True` drops and
+counts them instead, giving 181,365 and 190,421 on the full data.
 Concepts are ranked by their count over all images (ties: Concepts81 order) and written to
-`labels.txt` in Concepts81 order. Images whose text is empty (no tag, or no letter or
-digit in it) are dropped and counted; `drop_empty_text=False` keeps them with an empty
-text, for readers that accept one (DCHMT's 195,834 includes them; whether DCMH's 186,577
-does is not documented).
+`labels.txt` in Concepts81 order.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from egath.datasets.download import SOURCES
-from egath.datasets.raw import (DatasetError, check_images, find_first, is_empty_text, log_counts,
-                               manifest_image_path, require_file, write_manifest)
+from egath.datasets.images import PLACEHOLDER_MIN_COPIES, shared_content, walk_images
+from egath.datasets.raw import (SHOWN, DatasetError, find_first, log_counts, manifest_image_path,
+                               report_unusable, require_file, write_manifest)
+from egath.datasets.text import is_empty_text, read_lines
 
 log = logging.getLogger(__name__)
 
 PROTOCOLS = {"egath": 10, "dchmt": 21}
+IMAGE_RULES = ("imagelist_path", "file_name", "photo_id")
+# Folders that copies of the official files unpack into (a mirror's `NUS-WIDE/`; DCHMT's
+# make_nuswide.py reads `Low-Level-Features/` and `nuswide/`), searched after raw_dir itself.
+_COPY_FOLDERS = ("NUS-WIDE", "nuswide", "NUS_WIDE", "Low-Level-Features")
 _HINT = ("Download ImageList.zip, ConceptsList.zip, Groundtruth.zip and NUS_WID_Tags.zip "
          "from " + SOURCES["nuswide"]["homepage"] + " and unpack them in {raw_dir}.")
 
 
-def _lines(path: Path) -> list[str]:
-    text = path.read_text(encoding="utf-8", errors="replace")
-    lines = text.splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
-    return lines
+def photo_id(file_name: str) -> str | None:
+    """The Flickr photo id in an image file name: its second `_` field, when all digits."""
+    fields = file_name.rsplit(".", 1)[0].split("_")
+    return fields[1] if len(fields) >= 2 and fields[1].isdigit() else None
 
 
-def _image_rel(line: str) -> tuple[str, str]:
+def _entry(line: str) -> tuple[str, str]:
     """`C:\\ImageData\\Flickr\\actor\\0001_2.jpg` or `actor\\0001_2.jpg` -> ('actor', '0001_2.jpg')."""
     parts = [p for p in line.strip().replace("\\", "/").split("/") if p]
-    if len(parts) < 2 or not parts[-1].lower().endswith(".jpg"):
+    if len(parts) < 2 or not parts[-1].lower().endswith(".jpg") or not photo_id(parts[-1]):
         raise ValueError(line)
     return parts[-2], parts[-1]
+
+
+def _describe(entry: tuple[str, str]) -> str:
+    return f"{entry[0]}\\{entry[1]} (photo {photo_id(entry[1])})"
+
+
+def _find(bases: list[Path], names: list[str], what: str, hint: str) -> Path:
+    return find_first([base / name for base in bases for name in names], what, hint)
 
 
 def _read_label_column(path: Path, n: int) -> np.ndarray:
@@ -77,7 +99,7 @@ def _read_tags1k(path: Path, tag_names: list[str], n: int) -> list[str]:
     names = np.array(tag_names, dtype=object)
     v = len(tag_names)
     texts = []
-    with open(path, "rb") as f:
+    with open(path, "rb") as f:  # 540 MB of 0/1 digits: bytes, line by line
         for k, line in enumerate(f, 1):
             if k > n:
                 if line.strip():
@@ -95,7 +117,9 @@ def _read_tags1k(path: Path, tag_names: list[str], n: int) -> list[str]:
 
 
 def _read_all_tags(path: Path, photo_ids: list[str]) -> list[str]:
-    lines = _lines(path)
+    lines = read_lines(path, strict=False)
+    while lines and not lines[-1].strip():
+        lines.pop()
     if len(lines) != len(photo_ids):
         raise DatasetError(f"corrupt {path}: {len(lines)} lines, expected {len(photo_ids)}")
     texts = []
@@ -108,53 +132,100 @@ def _read_all_tags(path: Path, photo_ids: list[str]) -> list[str]:
     return texts
 
 
-def _find_image(roots: list[Path], concept: str, name: str) -> Path | None:
-    for r in roots:
-        for p in (r / concept / name, r / name):
-            if p.is_file():
-                return p
-    return None
+def _locate_images(raw_dir: Path, entries: list[tuple[str, str]]
+                   ) -> tuple[list[Path | None], Counter]:
+    """Each entry's image file by the first matching IMAGE_RULES rule (None: not found),
+    and how many each rule found."""
+    by_path: dict[tuple[str, str], Path] = {}
+    by_name: dict[str, Path] = {}
+    by_photo: dict[str, Path] = {}
+    files_per_photo: Counter = Counter()
+    files = walk_images(raw_dir)
+    for f in files:  # sorted, so the first file of a name or photo id wins
+        by_path.setdefault((f.parent.name, f.name), f)
+        by_name.setdefault(f.name, f)
+        pid = photo_id(f.name)
+        if pid:
+            by_photo.setdefault(pid, f)
+            files_per_photo[pid] += 1
+    found: list[Path | None] = []
+    by_rule: Counter = Counter({rule: 0 for rule in IMAGE_RULES})
+    shared_ids = []
+    for entry in entries:
+        pid = photo_id(entry[1])
+        for rule, path in zip(IMAGE_RULES, (by_path.get(entry), by_name.get(entry[1]),
+                                            by_photo.get(pid))):
+            if path is not None:
+                by_rule[rule] += 1
+                if rule == "photo_id" and files_per_photo[pid] > 1:
+                    shared_ids.append(pid)
+                break
+        found.append(path)
+    log.info("NUS-WIDE images: %d image files under %s; of the %d images needed, found %s; "
+             "%d not found", len(files), raw_dir, len(entries),
+             ", ".join(f"{n} by {rule}" for rule, n in by_rule.items()),
+             sum(p is None for p in found))
+    if shared_ids:
+        log.warning("NUS-WIDE: %d images were found by a photo id that several files carry; "
+                    "the first file in path order was used (photo ids %s)", len(shared_ids),
+                    ", ".join(shared_ids[:SHOWN]))
+    return found, by_rule
+
+
+def _find_placeholders(paths: list[Path | None]) -> list[int]:
+    """Indices of `paths` whose file is one that at least PLACEHOLDER_MIN_COPIES share."""
+    present = [k for k, p in enumerate(paths) if p is not None]
+    placeholders = []
+    for digest, members in shared_content([paths[k] for k in present]).items():
+        first = paths[present[members[0]]]
+        log.warning("NUS-WIDE: %d images are the same %d-byte file (sha256 %s, e.g. %s): a "
+                    "placeholder, not a photo", len(members), first.stat().st_size, digest, first)
+        placeholders += [present[m] for m in members]
+    return sorted(placeholders)
 
 
 def prepare_nuswide(raw_dir, out_dir, protocol: str = "egath", *, n_labels: int | None = None,
-                    allow_missing_images: bool = False, drop_empty_text: bool = True,
+                    allow_missing_images: bool = False, drop_empty_text: bool = False,
                     absolute_paths: bool = False) -> dict:
     """Write `out_dir/manifest.tsv` and `out_dir/labels.txt` for NUS-WIDE.
 
-    `n_labels` overrides the protocol's number of most frequent concepts. Missing images
-    stop the run with the list of missing files unless `allow_missing_images`. Image paths
+    `n_labels` overrides the protocol's number of most frequent concepts. Missing and
+    placeholder images stop the run, naming them, unless `allow_missing_images`. Image paths
     are relative to `out_dir` (absolute with `absolute_paths`). Returns the counts: read,
-    dropped_no_label, dropped_empty_text, dropped_missing_image, kept, empty_text_kept.
+    dropped_no_label, dropped_empty_text, dropped_missing_image, dropped_placeholder_image,
+    kept, empty_text_kept (included in kept), and images_by_<rule> for each IMAGE_RULES rule.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {tuple(PROTOCOLS)}, got {protocol!r}")
     k_labels = n_labels or PROTOCOLS[protocol]
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     hint = _HINT.format(raw_dir=raw_dir)
+    bases = [raw_dir] + [raw_dir / d for d in _COPY_FOLDERS if (raw_dir / d).is_dir()]
 
-    imagelist = find_first([raw_dir / "ImageList" / "Imagelist.txt", raw_dir / "Imagelist.txt"],
-                           "NUS-WIDE ImageList/Imagelist.txt", hint)
-    rels = []
-    for k, line in enumerate(_lines(imagelist), 1):
+    imagelist = _find(bases, ["ImageList/Imagelist.txt", "Imagelist.txt"],
+                      "NUS-WIDE ImageList/Imagelist.txt", hint)
+    lines = read_lines(imagelist, strict=False)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    entries = []
+    for k, line in enumerate(lines, 1):
         try:
-            rels.append(_image_rel(line))
+            entries.append(_entry(line))
         except ValueError:
             raise DatasetError(f"corrupt {imagelist}: line {k} is {line!r}, expected an image "
                                f"path like actor\\0001_2124494179.jpg") from None
-    n = len(rels)
+    n = len(entries)
     if n == 0:
         raise DatasetError(f"{imagelist} is empty")
 
-    concepts_file = find_first([raw_dir / "ConceptsList" / "Concepts81.txt",
-                                raw_dir / "Concepts81.txt",
-                                raw_dir / "Groundtruth" / "Concepts81.txt"],
-                               "NUS-WIDE Concepts81.txt", hint)
-    concepts = [c.strip() for c in _lines(concepts_file) if c.strip()]
+    concepts_file = _find(bases, ["ConceptsList/Concepts81.txt", "Concepts81.txt",
+                                  "Groundtruth/Concepts81.txt"], "NUS-WIDE Concepts81.txt", hint)
+    concepts = [c.strip() for c in read_lines(concepts_file, strict=False) if c.strip()]
     if k_labels > len(concepts):
         raise DatasetError(f"{concepts_file} lists {len(concepts)} concepts; "
                            f"{k_labels} requested")
-    label_dir = find_first([raw_dir / "Groundtruth" / "AllLabels", raw_dir / "AllLabels"],
-                           "NUS-WIDE Groundtruth/AllLabels/ folder", hint)
+    label_dir = _find(bases, ["Groundtruth/AllLabels", "AllLabels"],
+                      "NUS-WIDE Groundtruth/AllLabels/ folder", hint)
     columns = {}
     for c in concepts:
         path = require_file(label_dir / f"Labels_{c}.txt", f"NUS-WIDE label file Labels_{c}.txt",
@@ -167,17 +238,16 @@ def prepare_nuswide(raw_dir, out_dir, protocol: str = "egath", *, n_labels: int 
              ", ".join(f"{c} ({freq[c]})" for c in chosen))
     Y = np.stack([columns[c] for c in chosen], axis=1)  # (n, k)
 
-    tag_dir = find_first([raw_dir / "NUS_WID_Tags", raw_dir], "NUS-WIDE NUS_WID_Tags/ folder",
-                         hint)
     if protocol == "egath":
-        tag_list = require_file(tag_dir / "TagList1k.txt", "NUS-WIDE TagList1k.txt", hint)
-        tag_names = [t.strip() for t in _lines(tag_list)]
-        texts = _read_tags1k(require_file(tag_dir / "AllTags1k.txt", "NUS-WIDE AllTags1k.txt",
-                                          hint), tag_names, n)
+        tag_list = _find(bases, ["NUS_WID_Tags/TagList1k.txt", "TagList1k.txt"],
+                         "NUS-WIDE TagList1k.txt", hint)
+        tag_names = [t.strip() for t in read_lines(tag_list, strict=False)]
+        texts = _read_tags1k(_find(bases, ["NUS_WID_Tags/AllTags1k.txt", "AllTags1k.txt"],
+                                   "NUS-WIDE AllTags1k.txt", hint), tag_names, n)
     else:
-        photo_ids = [name[:-4].split("_", 1)[-1] for _, name in rels]
-        texts = _read_all_tags(require_file(tag_dir / "All_Tags.txt", "NUS-WIDE All_Tags.txt",
-                                            hint), photo_ids)
+        texts = _read_all_tags(_find(bases, ["NUS_WID_Tags/All_Tags.txt", "All_Tags.txt"],
+                                     "NUS-WIDE All_Tags.txt", hint),
+                               [photo_id(name) for _, name in entries])
 
     counts = {"read": n, "dropped_no_label": 0, "dropped_empty_text": 0}
     keep = []
@@ -189,18 +259,30 @@ def prepare_nuswide(raw_dir, out_dir, protocol: str = "egath", *, n_labels: int 
         else:
             keep.append(i)
 
-    roots = [raw_dir / "Flickr", raw_dir / "images", raw_dir / "Flickr" / "Flickr"]
-    found = [_find_image(roots, *rels[i]) for i in keep]
-    expected = [p or raw_dir / "Flickr" / rels[i][0] / rels[i][1] for p, i in zip(found, keep)]
-    present = check_images(expected, allow_missing_images, "NUS-WIDE",
-                           SOURCES["nuswide"]["instructions"].format(raw_dir=raw_dir))
+    images, by_rule = _locate_images(raw_dir, [entries[i] for i in keep])
+    instructions = SOURCES["nuswide"]["instructions"].format(raw_dir=raw_dir)
+    report_unusable([_describe(entries[i]) for i, p in zip(keep, images) if p is None],
+                    len(keep), "are missing", allow_missing_images, "NUS-WIDE", instructions)
+    placeholders = _find_placeholders(images)
+    listed = [f"{_describe(entries[keep[k]])}: {images[k]}" for k in placeholders]
+    report_unusable(listed, len(keep),
+                    f"are placeholders (one file that >= {PLACEHOLDER_MIN_COPIES} images share, "
+                    f"like Flickr's 'photo unavailable' image), not photos",
+                    allow_missing_images, "NUS-WIDE",
+                    "The copy saved a stand-in for photos deleted from Flickr; get these images "
+                    "from another copy.\n" + instructions)
+    if listed:
+        log.info("NUS-WIDE: all %d placeholder images:\n  %s", len(listed), "\n  ".join(listed))
+    unusable = set(placeholders)
     rows = []
-    for i, img, ok in zip(keep, expected, present):
-        if ok:
-            concept, name = rels[i]
-            rows.append((f"{concept}/{name[:-4]}", manifest_image_path(img, out_dir, absolute_paths),
+    for k, (i, img) in enumerate(zip(keep, images)):
+        if img is not None and k not in unusable:
+            folder, name = entries[i]
+            rows.append((f"{folder}/{name[:-4]}", manifest_image_path(img, out_dir, absolute_paths),
                          texts[i], [c for c, y in zip(chosen, Y[i]) if y]))
-    counts["dropped_missing_image"] = len(keep) - len(rows)
+    counts["dropped_missing_image"] = sum(p is None for p in images)
+    counts["dropped_placeholder_image"] = len(placeholders)
     counts["kept"] = write_manifest(out_dir, rows, chosen)
     counts["empty_text_kept"] = sum(1 for r in rows if is_empty_text(r[2]))
+    counts.update({f"images_by_{rule}": by_rule[rule] for rule in IMAGE_RULES})
     return log_counts(f"NUS-WIDE ({protocol})", counts)

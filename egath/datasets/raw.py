@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -38,12 +37,24 @@ def clean_text(text: str) -> str:
     return " ".join(text.split())
 
 
-_ALNUM = re.compile(r"[A-Za-z0-9]")
+SHOWN = 10  # how many of a list of unusable images a message names
 
 
-def is_empty_text(text: str) -> bool:
-    """True when the text holds no ASCII letter or digit, so it yields no bag-of-words token."""
-    return _ALNUM.search(text) is None
+def report_unusable(images: Sequence[str], total: int, problem: str, allow: bool, dataset: str,
+                    instructions: str) -> None:
+    """Stop on images that cannot be used (DatasetError naming their count and the first
+    SHOWN), or with `allow` log the same as a warning: they are dropped, never silently."""
+    if not images:
+        return
+    shown = "\n  ".join(str(i) for i in images[:SHOWN])
+    head = (f"{dataset}: {len(images)} of {total} images {problem}; the first "
+            f"{min(SHOWN, len(images))}:\n  {shown}")
+    if not allow:
+        raise DatasetError(
+            f"{head}\n{instructions}\nOr set allow_missing_images (`allow_missing_images: true` "
+            f"in the dataset's config, or allow_missing_images=True) to drop these samples; "
+            f"the pair count then falls below the protocol's.")
+    log.warning("%s\nThese samples are dropped (allow_missing_images).", head)
 
 
 def check_images(paths: Sequence[Path], allow_missing: bool, dataset: str,
@@ -52,11 +63,7 @@ def check_images(paths: Sequence[Path], allow_missing: bool, dataset: str,
     unless `allow_missing`."""
     present = [p.is_file() for p in paths]
     missing = [p for p, ok in zip(paths, present) if not ok]
-    if missing and not allow_missing:
-        shown = "\n  ".join(str(p) for p in missing[:5])
-        raise DatasetError(
-            f"{dataset}: {len(missing)} of {len(paths)} images are missing, e.g.\n  {shown}\n"
-            f"{instructions}\nOr pass allow_missing_images=True to drop these samples.")
+    report_unusable(missing, len(paths), "are missing", allow_missing, dataset, instructions)
     return present
 
 

@@ -126,8 +126,8 @@ def make_synthetic_dataset(out_dir: str | Path, n_pairs: int = 2000, seed: int =
         image.save(out_dir / name)
         rows.append(f"s{i:06d}\t{name}\t{text}\t{','.join(labels)}")
     with atomic_output(out_dir / "labels.txt") as tmp:
-        tmp.write_text("\n".join(KINDS) + "\n")
+        tmp.write_text("\n".join(KINDS) + "\n", encoding="utf-8")
     manifest = out_dir / "manifest.tsv"
     with atomic_output(manifest) as tmp:
-        tmp.write_text("\n".join(rows) + "\n")
+        tmp.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return manifest

@@ -1,0 +1,354 @@
+"""The NUS-WIDE preparer on miniatures of the copies people hold: the official files nested,
+flat (as the archives unpack) or under a mirror's NUS-WIDE/ folder; images in the Imagelist
+layout, in a copy named by Flickr photo id, and in a copy holding "photo unavailable"
+placeholders. Real file formats, real JPEGs."""
+
+import io
+import logging
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from egath.datasets.images import PLACEHOLDER_MIN_COPIES
+from egath.datasets.manifest import build_pairs
+from egath.datasets.nuswide import photo_id, prepare_nuswide
+from egath.datasets.raw import DatasetError
+from egath.datasets.text import EMPTY_TEXT_PLACEHOLDER
+from test_real_datasets import check_total, read_manifest, write_jpeg
+
+N, N_CONCEPTS, N_TAGS = 60, 25, 30
+CONCEPTS = sorted(f"concept{j:02d}" for j in range(N_CONCEPTS))
+FOLDERS = ["actor", "airport", "zebra"]
+TAG_NAMES = [f"tag{k}" for k in range(N_TAGS)]
+SYMBOLS_ONLY = 5      # All_Tags.txt gives this image only punctuation: an empty text
+SEPARATOR_IN_TAG = 6  # ... and this one a tag with U+2028 inside
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    p = np.linspace(0.35, 0.02, N_CONCEPTS)
+    labels = (rng.random((N, N_CONCEPTS)) < p).astype(int)
+    labels[[3, 17, 40]] = 0  # no concept at all
+    tags = (rng.random((N, N_TAGS)) < 0.1).astype(int)
+    tags[::7] = 0  # some images without any 1k tag
+    tags[[SYMBOLS_ONLY, SEPARATOR_IN_TAG]] = 1
+    files = [(FOLDERS[i % 3], f"{i + 1:04d}_{1000 + 17 * i}.jpg") for i in range(N)]
+    return labels, tags, files
+
+
+LABELS, TAGS, FILES = _data()
+
+
+def raw_tags(i):
+    """Image i's line of All_Tags.txt after the photo id."""
+    if i == SYMBOLS_ONLY:
+        return "--- ###"
+    if i == SEPARATOR_IN_TAG:
+        return "new\u2028york"
+    return " ".join(n.upper() for n, v in zip(TAG_NAMES, TAGS[i]) if v)
+
+
+def expected(k):
+    """(label names, kept rows, their labels) of the k most frequent concepts."""
+    freq = LABELS.sum(0)
+    top = sorted(sorted(range(N_CONCEPTS), key=lambda j: (-freq[j], j))[:k])
+    Y = LABELS[:, top]
+    keep = np.flatnonzero(Y.any(1))
+    return [CONCEPTS[j] for j in top], keep, Y[keep]
+
+
+def sample_id(i):
+    return f"{FILES[i][0]}/{FILES[i][1][:-4]}"
+
+
+def write_official_files(root: Path, flat: bool = False) -> None:
+    """The four official archives unpacked in `root`: in their folders, or flat."""
+    files = {  # (path in the folders, path flat): text
+        ("ImageList/Imagelist.txt", "Imagelist.txt"): "\r\n".join(
+            f"C:\\ImageData\\Flickr\\{c}\\{f}" if i % 10 == 0 else f"{c}\\{f}"
+            for i, (c, f) in enumerate(FILES)) + "\r\n",
+        ("ConceptsList/Concepts81.txt", "Concepts81.txt"): "\n".join(CONCEPTS) + "\n",
+        ("NUS_WID_Tags/TagList1k.txt", "TagList1k.txt"): "\n".join(TAG_NAMES) + "\n",
+        ("NUS_WID_Tags/AllTags1k.txt", "AllTags1k.txt"):
+            "".join("\t".join(map(str, row)) + "\t\n" for row in TAGS),
+        ("NUS_WID_Tags/All_Tags.txt", "All_Tags.txt"):
+            "".join(f"{photo_id(f)}      {raw_tags(i)}\n" for i, (c, f) in enumerate(FILES)),
+        # Not read: the train/test label files, one of which really holds a -1130179.
+        ("Groundtruth/TrainTestLabels/Labels_lake_Train.txt",
+         "TrainTestLabels/Labels_lake_Train.txt"): "0\n-1130179\n",
+    }
+    for j, c in enumerate(CONCEPTS):
+        files[(f"Groundtruth/AllLabels/Labels_{c}.txt", f"AllLabels/Labels_{c}.txt")] = \
+            "".join(f"{v}\n" for v in LABELS[:, j])
+    for (nested, flat_path), text in files.items():
+        path = root / (flat_path if flat else nested)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8", newline="")
+
+
+def write_imagelist_layout(root: Path) -> None:
+    """Images as Imagelist.txt names them; every ninth in a flat images/ folder."""
+    for i, (c, f) in enumerate(FILES):
+        write_jpeg(root / "images" / f if i % 9 == 4 else root / "Flickr" / c / f, i)
+
+
+def photo_copy_name(i):
+    """A file name after Flickr's URL: <n>_<photo id>_<secret>_m.jpg."""
+    return f"{50000 + i}_{photo_id(FILES[i][1])}_{i:010x}_m.jpg"
+
+
+def write_photo_id_copy(folder: Path, skip=()) -> None:
+    for i in range(N):
+        if i not in skip:
+            write_jpeg(folder / photo_copy_name(i), i)
+
+
+def placeholder_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (50, 37), (210, 210, 210)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def nus_raw(tmp_path):
+    raw = tmp_path / "raw"
+    write_official_files(raw)
+    write_imagelist_layout(raw)
+    return raw
+
+
+# ----------------------------------------------------------------------------- layouts
+
+@pytest.mark.parametrize("layout", ["nested", "flat", "mirror folder"])
+def test_official_layouts(tmp_path, layout, caplog):
+    raw = tmp_path / "raw"
+    root = raw / "NUS-WIDE" if layout == "mirror folder" else raw
+    write_official_files(root, flat=layout == "flat")
+    write_imagelist_layout(root)
+    caplog.set_level(logging.INFO)
+    counts = prepare_nuswide(raw, tmp_path / "out")
+    names, keep, Y = expected(10)
+    rows, labels, got = read_manifest(tmp_path / "out")
+    assert labels == names
+    assert [r[0] for r in rows] == [sample_id(i) for i in keep]
+    np.testing.assert_array_equal(got, Y)
+    for row, i in zip(rows, keep):
+        assert row[2] == " ".join(f"tag{k}" for k in np.flatnonzero(TAGS[i]))
+    by_name = sum(1 for i in keep if i % 9 == 4)
+    assert counts["images_by_imagelist_path"] == len(keep) - by_name
+    assert counts["images_by_file_name"] == by_name > 0
+    assert counts["images_by_photo_id"] == 0
+    assert counts["read"] == N and counts["kept"] == len(keep)
+    check_total(counts)
+    prefix = "../raw/NUS-WIDE/" if layout == "mirror folder" else "../raw/"
+    assert rows[0][1] == f"{prefix}Flickr/{FILES[keep[0]][0]}/{FILES[keep[0]][1]}"
+    assert f"found {len(keep) - by_name} by imagelist_path, {by_name} by file_name, " \
+           f"0 by photo_id; 0 not found" in caplog.text
+
+
+@pytest.mark.parametrize("protocol,k", [("egath", 10), ("dchmt", 21)])
+def test_protocols_keep_exactly_the_images_with_a_label(nus_raw, tmp_path, protocol, k):
+    counts = prepare_nuswide(nus_raw, tmp_path / "out", protocol=protocol)
+    names, keep, Y = expected(k)
+    rows, labels, got = read_manifest(tmp_path / "out")
+    assert labels == names and len(labels) == k
+    assert [r[0] for r in rows] == [sample_id(i) for i in keep]   # no label: dropped; all else kept
+    np.testing.assert_array_equal(got, Y)
+    assert counts["dropped_no_label"] == N - len(keep) > 0
+    assert counts["dropped_empty_text"] == 0
+    texts = {r[0]: r[2] for r in rows}
+    if protocol == "egath":
+        empty = [i for i in keep if not TAGS[i].any()]
+    else:
+        empty = [i for i in keep if not TAGS[i].any() or i == SYMBOLS_ONLY]
+        # All_Tags.txt is split on "\n" only: U+2028 stays inside its tag's line
+        assert texts[sample_id(SEPARATOR_IN_TAG)] == "new york"
+        assert texts[sample_id(0)] == raw_tags(0)
+    assert counts["empty_text_kept"] == len(empty) > 0
+    assert all(texts[sample_id(i)] in ("", "--- ###") for i in empty)
+
+
+def test_dropping_empty_texts_is_a_choice(nus_raw, tmp_path):
+    counts = prepare_nuswide(nus_raw, tmp_path / "out", drop_empty_text=True)
+    _, keep, _ = expected(10)
+    empty = sum(1 for i in keep if not TAGS[i].any())
+    assert counts["dropped_empty_text"] == empty and counts["kept"] == len(keep) - empty
+    assert counts["empty_text_kept"] == 0
+    check_total(counts)
+
+
+def test_kept_empty_texts_become_all_zero_bag_of_words_rows(nus_raw, tmp_path):
+    out = tmp_path / "out"
+    counts = prepare_nuswide(nus_raw, out)
+    _, keep, _ = expected(10)
+    with pytest.raises(ValueError, match="has an empty text.*allow_empty_text"):
+        build_pairs(out / "manifest.tsv", tmp_path / "p.h5", "nus", bow_dim=N_TAGS, n_query=5,
+                    n_train=10, split_seed=0)
+    build_pairs(out / "manifest.tsv", tmp_path / "p.h5", "nus", bow_dim=N_TAGS, n_query=5,
+                n_train=10, split_seed=0, allow_empty_text=True)
+    with h5py.File(tmp_path / "p.h5") as f:
+        bow, texts = f["bow"][:], [t.decode() for t in f["texts"][:]]
+        vocabulary = [v.decode() for v in f["vocabulary"][:]]
+    assert bow.shape[0] == len(keep) == counts["kept"]
+    empty = np.array([not TAGS[i].any() for i in keep])
+    assert empty.sum() == counts["empty_text_kept"]
+    assert (bow[empty] == 0).all() and (bow[~empty].sum(1) > 0).all()
+    assert {texts[r] for r in np.flatnonzero(empty)} == {EMPTY_TEXT_PLACEHOLDER}
+    for r, i in enumerate(keep):
+        assert {vocabulary[c] for c in np.flatnonzero(bow[r])} == \
+            {f"tag{k}" for k in np.flatnonzero(TAGS[i])}
+
+
+# ----------------------------------------------------------------------------- image copies
+
+def test_photo_id_named_copy(tmp_path, caplog):
+    """A flat copy named after Flickr's URLs, as HashNet's nus_wide.tar.gz; one image in the
+    Imagelist layout, one under its Imagelist name, twelve missing."""
+    raw = tmp_path / "raw"
+    write_official_files(raw)
+    _, keep, _ = expected(10)
+    missing = list(keep[2:14])
+    write_photo_id_copy(raw / "nus_wide" / "images", skip=missing)
+    write_jpeg(raw / "Flickr" / FILES[keep[0]][0] / FILES[keep[0]][1], 0)
+    write_jpeg(raw / "other" / FILES[keep[1]][1], 1)
+    with pytest.raises(DatasetError) as e:
+        prepare_nuswide(raw, tmp_path / "out")
+    msg = str(e.value)
+    assert f"12 of {len(keep)} images are missing; the first 10:" in msg
+    named = [f"{FILES[i][0]}\\{FILES[i][1]} (photo {photo_id(FILES[i][1])})" for i in missing]
+    assert all(m in msg for m in named[:10]) and not any(m in msg for m in named[10:])
+    assert "photo id" in msg and "allow_missing_images" in msg
+    assert not (tmp_path / "out").exists()
+
+    caplog.set_level(logging.INFO)
+    counts = prepare_nuswide(raw, tmp_path / "out", allow_missing_images=True)
+    n_photo = len(keep) - 2 - 12
+    assert (counts["images_by_imagelist_path"], counts["images_by_file_name"],
+            counts["images_by_photo_id"]) == (1, 1, n_photo)
+    assert counts["dropped_missing_image"] == 12 and counts["kept"] == len(keep) - 12
+    check_total(counts)
+    assert f"found 1 by imagelist_path, 1 by file_name, {n_photo} by photo_id; 12 not found" \
+        in caplog.text
+    assert "12 of" in caplog.text and named[0] in caplog.text  # dropped, not silently
+    rows, _, _ = read_manifest(tmp_path / "out")
+    paths = {r[0]: r[1] for r in rows}
+    assert paths[sample_id(keep[0])] == f"../raw/Flickr/{FILES[keep[0]][0]}/{FILES[keep[0]][1]}"
+    assert paths[sample_id(keep[1])] == f"../raw/other/{FILES[keep[1]][1]}"
+    assert paths[sample_id(keep[-1])] == f"../raw/nus_wide/images/{photo_copy_name(keep[-1])}"
+    assert sample_id(missing[0]) not in paths
+
+
+def test_photo_id_held_by_several_files_takes_the_first_in_path_order(tmp_path, caplog):
+    raw = tmp_path / "raw"
+    write_official_files(raw)
+    write_photo_id_copy(raw / "small")
+    _, keep, _ = expected(10)
+    i = keep[3]
+    write_jpeg(raw / "big" / photo_copy_name(i).replace("_m.jpg", "_b.jpg"), 99)
+    prepare_nuswide(raw, tmp_path / "out")
+    rows, _, _ = read_manifest(tmp_path / "out")
+    assert dict((r[0], r[1]) for r in rows)[sample_id(i)].startswith("../raw/big/")
+    assert "1 images were found by a photo id that several files carry" in caplog.text
+    assert photo_id(FILES[i][1]) in caplog.text
+
+
+def test_copy_with_placeholder_images(tmp_path, caplog):
+    """Twelve images of a photo-id copy are one file: Flickr's 'photo unavailable' image."""
+    raw = tmp_path / "raw"
+    write_official_files(raw)
+    folder = raw / "NUS-WIDE" / "images"
+    write_photo_id_copy(folder)
+    _, keep, _ = expected(10)
+    stand_ins = list(keep[5:17])
+    for i in stand_ins:
+        (folder / photo_copy_name(i)).write_bytes(placeholder_bytes())
+    with pytest.raises(DatasetError) as e:
+        prepare_nuswide(raw, tmp_path / "out")
+    msg = str(e.value)
+    assert f"12 of {len(keep)} images are placeholders" in msg and "not photos" in msg
+    assert sample_id(stand_ins[0]).replace("/", "\\") in msg and "allow_missing_images" in msg
+    assert not (tmp_path / "out").exists()
+
+    caplog.set_level(logging.INFO)
+    counts = prepare_nuswide(raw, tmp_path / "out", allow_missing_images=True)
+    assert counts["dropped_placeholder_image"] == 12 and counts["dropped_missing_image"] == 0
+    assert counts["kept"] == len(keep) - 12 and counts["images_by_photo_id"] == len(keep)
+    check_total(counts)
+    assert f"12 images are the same {len(placeholder_bytes())}-byte file" in caplog.text
+    assert "all 12 placeholder images" in caplog.text
+    assert all(photo_copy_name(i) in caplog.text for i in stand_ins)  # the whole list
+    rows, _, _ = read_manifest(tmp_path / "out")
+    assert not {sample_id(i) for i in stand_ins} & {r[0] for r in rows}
+
+
+def test_fewer_identical_files_than_the_threshold_are_kept(tmp_path):
+    raw = tmp_path / "raw"
+    write_official_files(raw)
+    write_photo_id_copy(raw / "images")
+    _, keep, _ = expected(10)
+    for i in keep[:PLACEHOLDER_MIN_COPIES - 1]:
+        (raw / "images" / photo_copy_name(i)).write_bytes(placeholder_bytes())
+    counts = prepare_nuswide(raw, tmp_path / "out")
+    assert counts["dropped_placeholder_image"] == 0 and counts["kept"] == len(keep)
+
+
+def test_missing_images_in_the_imagelist_layout(nus_raw, tmp_path):
+    shutil.rmtree(nus_raw / "Flickr" / "zebra")
+    _, keep, _ = expected(10)
+    n_missing = sum(1 for i in keep if FILES[i][0] == "zebra" and i % 9 != 4)
+    with pytest.raises(DatasetError) as e:
+        prepare_nuswide(nus_raw, tmp_path / "out")
+    msg = str(e.value)
+    assert f"{n_missing} of {len(keep)} images are missing" in msg and "zebra\\" in msg
+    assert "{raw_dir}" not in msg and f"{nus_raw}/Flickr/actor/0001_2124494179.jpg" in msg
+    counts = prepare_nuswide(nus_raw, tmp_path / "out", allow_missing_images=True)
+    assert counts["dropped_missing_image"] == n_missing
+    check_total(counts)
+    read_manifest(tmp_path / "out")
+
+
+def test_tags_that_are_not_utf8_are_read_with_a_warning(nus_raw, tmp_path, caplog):
+    i = next(i for i in expected(21)[1] if TAGS[i].any() and i not in (SYMBOLS_ONLY, SEPARATOR_IN_TAG))
+    all_tags = nus_raw / "NUS_WID_Tags" / "All_Tags.txt"
+    lines = all_tags.read_bytes().split(b"\n")
+    lines[i] += b" caf\xe9"  # Latin-1, not UTF-8
+    all_tags.write_bytes(b"\n".join(lines))
+    prepare_nuswide(nus_raw, tmp_path / "out", protocol="dchmt")
+    assert f"{all_tags}:{i + 1}: byte 0xe9" in caplog.text
+    rows, _, _ = read_manifest(tmp_path / "out")
+    assert dict((r[0], r[2]) for r in rows)[sample_id(i)].endswith(" caf\ufffd")
+
+
+def test_corrupt_files(nus_raw, tmp_path):
+    lab = nus_raw / "Groundtruth" / "AllLabels" / f"Labels_{CONCEPTS[3]}.txt"
+    good = lab.read_text()
+    lab.write_text(good.replace("0\n", "-1130179\n", 1))
+    with pytest.raises(DatasetError, match=f"Labels_{CONCEPTS[3]}.txt: line"):
+        prepare_nuswide(nus_raw, tmp_path / "out")
+    lab.write_text(good + "0\n")
+    with pytest.raises(DatasetError, match="61 values, expected 60"):
+        prepare_nuswide(nus_raw, tmp_path / "out")
+    lab.unlink()
+    with pytest.raises(DatasetError, match=f"Labels_{CONCEPTS[3]}.txt"):
+        prepare_nuswide(nus_raw, tmp_path / "out")
+    lab.write_text(good)
+    tags = nus_raw / "NUS_WID_Tags" / "AllTags1k.txt"
+    tags.write_text("\n".join(tags.read_text().split("\n")[:-2]) + "\n")
+    with pytest.raises(DatasetError, match="AllTags1k.txt: 59 lines, expected 60"):
+        prepare_nuswide(nus_raw, tmp_path / "out")
+    alltags = nus_raw / "NUS_WID_Tags" / "All_Tags.txt"
+    lines = alltags.read_text(encoding="utf-8").split("\n")[:-1]
+    alltags.write_text("\n".join(lines[1:] + lines[:1]) + "\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match="out of step"):
+        prepare_nuswide(nus_raw, tmp_path / "out", protocol="dchmt")
+    imagelist = nus_raw / "ImageList" / "Imagelist.txt"
+    imagelist.write_text("actor\\0001_2124494179.jpg\r\nactor\\notes.txt\r\n")
+    with pytest.raises(DatasetError, match=r"Imagelist.txt: line 2 is 'actor\\\\notes.txt'"):
+        prepare_nuswide(nus_raw, tmp_path / "out")
+    imagelist.unlink()
+    with pytest.raises(DatasetError, match="Imagelist.txt"):
+        prepare_nuswide(nus_raw, tmp_path / "out")
