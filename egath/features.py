@@ -5,6 +5,12 @@ The output stores the *raw* (not L2-normalised) open_clip embeddings as float16:
 embeddings of the prompt ``"a photo of a {label}."`` for each label name. Downstream
 code normalises when it needs to. See ``docs/formats.md`` for the attributes.
 
+Images are read as RGB: 16-bit and 32-bit grey images are scaled to 8 bits, not clipped.
+An image of more than ``max_image_pixels`` pixels is refused before it is decoded. With
+``unreadable_images="skip"`` an image that cannot be read is left out instead of stopping the
+run: its row is listed in the ``image_skipped`` dataset (and in the log), and
+``egath.training.load_split`` leaves those pairs out of every split.
+
 Extraction is resumable and atomic. It writes ``{out_h5}.partial`` and records after each
 batch how many rows are done (``n_done_image``, ``n_done_text``). A rerun with the same
 inputs and settings continues from there; anything else starts over. The finished file
@@ -19,6 +25,7 @@ import hashlib
 import json
 import os
 import signal
+import stat
 import sys
 import threading
 from pathlib import Path
@@ -30,7 +37,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from egath.io import open_h5
+from egath.io import check_finite, files_digest, open_h5
 from egath.naming import looks_like_path, normalise_pretrained
 
 __all__ = [
@@ -48,6 +55,10 @@ _SCHEMAS = ("hf-hub:", "local-dir:")
 _EXAMPLE_MODELS = ("ViT-B-32", "ViT-B-16", "ViT-L-14", "RN50", "egath-tiny-vit")
 # Attributes that only make sense in the .partial file; dropped from the finished file.
 _RESUME_ATTRS = ("resume_key", "n_done_image", "n_done_text")
+# PIL's own default limit (Image.MAX_IMAGE_PIXELS): about 89 megapixels.
+MAX_IMAGE_PIXELS = 89_478_485
+UNREADABLE_POLICIES = ("error", "skip")
+_SETTINGS_HINT = ("(workflow config: clip.max_image_pixels, clip.unreadable_images)")
 
 _registered: set[str] = set()
 
@@ -183,6 +194,7 @@ def _read_pairs(pairs_h5: Path) -> dict:
             out = {key: [str(s) for s in f[key].asstr()[()]]
                    for key in ("image_paths", "texts", "label_names")}
             out["ids"] = [str(s) for s in f["ids"].asstr()[()]] if "ids" in f else None
+            out["dataset"] = str(f.attrs.get("dataset", ""))
     except (OSError, ValueError, TypeError, KeyError) as e:  # unreadable, truncated, incomplete
         raise FeatureInputError(f"cannot use pairs file {str(pairs_h5)!r} (see docs/formats.md): {e}") from e
     n = len(out["image_paths"])
@@ -199,28 +211,25 @@ def _row_name(row: int, ids) -> str:
     return f"row {row}" + (f", id {ids[row]!r}" if ids is not None else "")
 
 
-def _stat_images(paths, ids, pairs_h5: Path) -> str:
-    """Fail early on missing images; return a digest of their sizes and mtimes."""
-    h = hashlib.sha256()
-    missing = []
+def _check_image_files(paths, ids, pairs_h5: Path) -> None:
+    """Fail early, naming every path (the first ten and the count) that is not a file."""
+    problems = []
     for row, p in enumerate(paths):
         try:
-            st = os.stat(p)
+            if not stat.S_ISREG(os.stat(p).st_mode):
+                problems.append((row, "is a directory or other non-file"))
         except OSError:
-            missing.append(row)
-            continue
-        h.update(f"{st.st_size}:{st.st_mtime_ns};".encode())
-    if missing:
-        shown = "; ".join(f"{paths[r]!r} ({_row_name(r, ids)})" for r in missing[:5])
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            problems.append((row, "does not exist"))
+    if problems:
+        shown = "; ".join(f"{paths[r]!r} {what} ({_row_name(r, ids)})" for r, what in problems[:10])
+        more = f"; and {len(problems) - 10} more" if len(problems) > 10 else ""
         raise FeatureInputError(
-            f"{len(missing)} image file(s) listed in {str(pairs_h5)!r} do not exist "
+            f"{len(problems)} image path(s) listed in {str(pairs_h5)!r} are not image files "
             f"(paths are opened relative to {os.getcwd()!r}): {shown}{more}"
         )
-    return h.hexdigest()
 
 
-def _strings_digest(*lists) -> str:
+def strings_digest(*lists) -> str:
     h = hashlib.sha256()
     for lst in lists:
         h.update(f"[{len(lst)}]".encode())
@@ -230,15 +239,67 @@ def _strings_digest(*lists) -> str:
     return h.hexdigest()
 
 
+def to_rgb(im: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of any image PIL opens.
+
+    PIL's convert("RGB") clips 16- and 32-bit grey values at 255, so a 16-bit PNG would turn
+    (nearly) white; such images are scaled to 8 bits instead. 32-bit integer ("I") images are
+    read as 16-bit when a value exceeds 255 (PGM and TIFF store 16-bit grey that way), float
+    ("F") images as 0..1 or 0..255. Other ranges are refused rather than guessed.
+    """
+    if im.mode.startswith("I;16"):
+        grey = np.asarray(im).astype(np.float64) / 257.0
+    elif im.mode in ("I", "F"):
+        values = np.asarray(im, dtype=np.float64)
+        lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if im.mode == "F" and lo >= 0 and hi <= 1:
+            grey = values * 255.0
+        elif lo >= 0 and hi <= 255:
+            grey = values
+        elif im.mode == "I" and lo >= 0 and hi <= 65535:
+            grey = values / 257.0
+        else:
+            raise ValueError(f"{'float' if im.mode == 'F' else '32-bit integer'} grey pixels "
+                             f"from {lo:g} to {hi:g}: save the image with 8 or 16 bits per channel")
+    else:
+        return im.convert("RGB")
+    return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), "L").convert("RGB")
+
+
+def open_image(path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open an image as 8-bit RGB; refuse one of more than `max_pixels` pixels before decoding it.
+
+    PIL's own decompression-bomb check is replaced by this one: PIL warns below twice its
+    limit without naming the file, and its error names no setting to change.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # the header is read here; the size is checked below
+    try:
+        im = Image.open(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    with im:
+        width, height = im.size
+        if width * height > max_pixels:
+            raise ValueError(
+                f"{width} x {height} = {width * height:,} pixels, more than max_image_pixels = "
+                f"{max_pixels:,}; raise it to read this image (decoding takes about 4 bytes "
+                "per pixel of memory), or skip such images with unreadable_images: skip "
+                + _SETTINGS_HINT
+            )
+        return to_rgb(im)
+
+
 class _ImageDataset(Dataset):
     """Images of the given rows. Errors are returned, not raised, so the main process
     can report them cleanly (an exception in a worker arrives wrapped in a traceback)."""
 
-    def __init__(self, paths, rows, preprocess, shape):
+    def __init__(self, paths, rows, preprocess, shape, max_pixels: int):
         self.paths = paths
         self.rows = list(rows)
         self.preprocess = preprocess
         self.shape = tuple(shape)
+        self.max_pixels = max_pixels
 
     def __len__(self):
         return len(self.rows)
@@ -246,8 +307,7 @@ class _ImageDataset(Dataset):
     def __getitem__(self, i):
         row = self.rows[i]
         try:
-            with Image.open(self.paths[row]) as im:
-                x = self.preprocess(im.convert("RGB"))
+            x = self.preprocess(open_image(self.paths[row], self.max_pixels))
             return row, x, ""
         except Exception as e:  # PIL raises assorted types for bad files
             return row, torch.zeros(self.shape), f"{type(e).__name__}: {e}"
@@ -271,6 +331,7 @@ def _open_partial(partial: Path, key: str, n: int, d: int, c: int, attrs: dict, 
                 and f["image"].shape == (n, d)
                 and f["text"].shape == (n, d)
                 and f["label_text"].shape == (c, d)
+                and f["image_skipped"].shape == (n,)
                 and 0 <= int(f.attrs["n_done_image"]) <= n
                 and 0 <= int(f.attrs["n_done_text"]) <= n
             )
@@ -291,6 +352,7 @@ def _open_partial(partial: Path, key: str, n: int, d: int, c: int, attrs: dict, 
         f.create_dataset("image", shape=(n, d), dtype=np.float16, chunks=chunks)
         f.create_dataset("text", shape=(n, d), dtype=np.float16, chunks=chunks)
         f.create_dataset("label_text", shape=(c, d), dtype=np.float16)
+        f.create_dataset("image_skipped", shape=(n,), dtype=np.uint8)
         for k, v in attrs.items():
             f.attrs[k] = v
         f.attrs["resume_key"] = key
@@ -322,12 +384,11 @@ def _sigterm_raises():
         signal.signal(signal.SIGTERM, old)
 
 
-def _to_f16(y: torch.Tensor, what: str, lo: int, hi: int) -> np.ndarray:
+def _to_f16(y: torch.Tensor, what: str, lo: int, ids=None) -> np.ndarray:
     out = y.float().cpu().numpy().astype(np.float16)
-    if not np.isfinite(out).all():
-        raise RuntimeError(
-            f"non-finite {what} embeddings in rows {lo}..{hi - 1} (float16 overflow?)"
-        )
+    check_finite(out, f"the {what} embeddings", rows=range(lo, lo + len(out)), ids=ids,
+                 hint="the encoder's output is not finite or overflows float16; nothing was "
+                      "written")
     return out
 
 
@@ -343,12 +404,19 @@ def extract_features(
     num_workers: int = 2,
     device="cpu",
     progress: bool = True,
+    *,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
+    unreadable_images: str = "error",
 ) -> Path:
     """Encode the images, texts and label names of ``pairs_h5`` into ``out_h5``.
 
     Embeddings are stored raw (not L2-normalised) as float16. Image paths are opened as
     written in ``pairs.h5`` (relative to the current directory). On CUDA the encoders run
     under fp16 autocast. Progress bars go to stderr.
+
+    An image that cannot be read, or has more than ``max_image_pixels`` pixels, stops the
+    run with ``unreadable_images="error"``; with ``"skip"`` its row is marked in
+    ``image_skipped``, its image embedding is zero, and the log lists it.
 
     Resumes from ``{out_h5}.partial`` when it was made from the same inputs (contents of
     ``pairs.h5``, image file sizes and mtimes) and settings (model, weights, batch size,
@@ -361,19 +429,25 @@ def extract_features(
     pairs_h5, out_h5 = Path(pairs_h5), Path(out_h5)
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if unreadable_images not in UNREADABLE_POLICIES:
+        raise ValueError(f"unreadable_images must be one of {UNREADABLE_POLICIES}, "
+                         f"got {unreadable_images!r}")
+    if int(max_image_pixels) < 1:
+        raise ValueError(f"max_image_pixels must be >= 1, got {max_image_pixels}")
     batch_size = int(batch_size)
     dev = torch.device(device)
     tag = normalise_pretrained(pretrained)
-
-    def log(msg):
-        if progress:
-            tqdm.write(f"[features] {msg}", file=sys.stderr)
 
     data = _read_pairs(pairs_h5)
     paths, texts, ids = data["image_paths"], data["texts"], data["ids"]
     label_names = data["label_names"]
     n, c = len(paths), len(label_names)
-    images_digest = _stat_images(paths, ids, pairs_h5)
+
+    def log(msg):
+        if progress:
+            tqdm.write(f"[features {data['dataset'] or pairs_h5}] {msg}", file=sys.stderr)
+
+    _check_image_files(paths, ids, pairs_h5)
 
     model, preprocess, tokenizer = load_clip(model_name, tag, dev)
     amp = dev.type == "cuda"
@@ -391,9 +465,10 @@ def extract_features(
         # Label prompts first: cheap, and they give the embedding size.
         label_emb = encode_text(prompts if c else [""])
         d = int(label_emb.shape[1])
-        label_f16 = _to_f16(label_emb, "label_text", 0, c)[:c]
+        label_f16 = _to_f16(label_emb, "label_text", 0)[:c]
 
         attrs = {
+            "dataset": data["dataset"],
             "model": str(model_name),
             "pretrained": "from-model-name" if model_name.startswith(_SCHEMAS) else tag,
             "random_weights": tag == "none" and not model_name.startswith(_SCHEMAS),
@@ -410,7 +485,11 @@ def extract_features(
             "device": dev.type,
             "precision": "amp-fp16" if amp else "fp32",
             "batch_size": batch_size,
-            "source_sha256": _strings_digest(paths, texts, label_names),
+            "source_sha256": strings_digest(paths, texts, label_names),
+            # the image files as they were read: path, size and modification time of each
+            "images_sha256": files_digest(paths),
+            "max_image_pixels": int(max_image_pixels),
+            "unreadable_images": unreadable_images,
         }
         weights_id = tag
         if tag != "none" and os.path.isfile(tag):
@@ -420,7 +499,6 @@ def extract_features(
             {
                 "attrs": {k: v for k, v in attrs.items() if isinstance(v, (str, int, bool))},
                 "weights": weights_id,
-                "images": images_digest,
             },
             sort_keys=True,
         )
@@ -432,13 +510,14 @@ def extract_features(
         # inherit its descriptor and HDF5 lock, and after a SIGKILL of this process the
         # orphaned workers would keep the .partial locked for a rerun.
         f.close()
-        batches = _image_batches(paths, done_i, preprocess, size, batch_size, num_workers, dev)
+        batches = _image_batches(paths, done_i, preprocess, size, batch_size, num_workers, dev,
+                                 int(max_image_pixels))
         try:
             with h5py.File(partial, "r+") as f:
                 f["label_text"][...] = label_f16
                 _encode_images(
-                    f, batches, model, paths, ids, pairs_h5, done_i, dev, amp, progress,
-                    model_name,
+                    f, batches, model, data, pairs_h5, done_i, dev, amp, progress,
+                    model_name, unreadable_images, log,
                 )
                 with tqdm(
                     total=n, initial=done_t, desc=f"text features ({model_name})",
@@ -446,10 +525,14 @@ def extract_features(
                 ) as bar:
                     for lo in range(done_t, n, batch_size):
                         hi = min(lo + batch_size, n)
-                        f["text"][lo:hi] = _to_f16(encode_text(texts[lo:hi]), "text", lo, hi)
+                        f["text"][lo:hi] = _to_f16(encode_text(texts[lo:hi]), "text", lo, ids)
                         f.attrs["n_done_text"] = hi
                         f.flush()
                         bar.update(hi - lo)
+                skipped = np.flatnonzero(f["image_skipped"][:])
+                if skipped.size == n:
+                    raise FeatureInputError(f"none of the {n} images listed in "
+                                            f"{str(pairs_h5)!r} could be read")
                 for k in _RESUME_ATTRS:
                     del f.attrs[k]
         except FeatureInputError:
@@ -458,17 +541,21 @@ def extract_features(
         finally:
             del batches  # shuts down the DataLoader workers
         os.replace(partial, out_h5)
+    if skipped.size:
+        log(f"{skipped.size} of {n} images could not be read and were skipped "
+            "(unreadable_images: skip); their pairs are left out of training and evaluation: "
+            + ", ".join(f"{paths[r]!r} ({_row_name(r, ids)})" for r in skipped))
     log(f"wrote {out_h5} ({n} rows, {c} labels, d={d})")
     return out_h5
 
 
-def _image_batches(paths, start, preprocess, size, batch_size, num_workers, dev):
+def _image_batches(paths, start, preprocess, size, batch_size, num_workers, dev, max_pixels):
     """Iterator over (rows, images, errors) batches of rows start..n-1; workers start now."""
     n = len(paths)
     if start >= n:
         return iter(())
     loader = DataLoader(
-        _ImageDataset(paths, range(start, n), preprocess, (3, *size)),
+        _ImageDataset(paths, range(start, n), preprocess, (3, *size), max_pixels),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
@@ -477,8 +564,9 @@ def _image_batches(paths, start, preprocess, size, batch_size, num_workers, dev)
     return iter(loader)
 
 
-def _encode_images(f, batches, model, paths, ids, pairs_h5, start, dev, amp, progress,
-                   model_name):
+def _encode_images(f, batches, model, data, pairs_h5, start, dev, amp, progress,
+                   model_name, unreadable_images, log):
+    paths, ids = data["image_paths"], data["ids"]
     n = len(paths)
     if start >= n:
         return
@@ -488,16 +576,24 @@ def _encode_images(f, batches, model, paths, ids, pairs_h5, start, dev, amp, pro
     ) as bar:
         for rows, x, errors in batches:
             bad = [i for i, e in enumerate(errors) if e]
-            if bad:
-                r = int(rows[bad[0]])
-                raise FeatureInputError(
-                    f"cannot read image {paths[r]!r} ({_row_name(r, ids)} of "
-                    f"{str(pairs_h5)!r}): {errors[bad[0]]}"
-                )
+            for i in bad:
+                r = int(rows[i])
+                where = f"image {paths[r]!r} ({_row_name(r, ids)} of {str(pairs_h5)!r})"
+                if unreadable_images == "error":
+                    raise FeatureInputError(
+                        f"cannot read {where}: {errors[i]}. To leave out the images that "
+                        "cannot be read, with a list in the log, set unreadable_images: skip "
+                        + _SETTINGS_HINT
+                    )
+                log(f"skipping {where}: {errors[i]}")
             lo, hi = int(rows[0]), int(rows[-1]) + 1
             with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
                 y = model.encode_image(x.to(dev, non_blocking=True))
-            f["image"][lo:hi] = _to_f16(y, "image", lo, hi)
+            skipped = np.zeros(hi - lo, np.uint8)
+            skipped[bad] = 1
+            y[torch.from_numpy(skipped).bool().to(y.device)] = 0  # a skipped image has no embedding
+            f["image"][lo:hi] = _to_f16(y, "image", lo, ids)
+            f["image_skipped"][lo:hi] = skipped
             f.attrs["n_done_image"] = hi
             f.flush()
             bar.update(hi - lo)

@@ -4,11 +4,13 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import h5py
@@ -20,6 +22,7 @@ from PIL import Image, ImageDraw
 
 import h5files
 from egath import features as F
+from egath.io import files_digest
 from egath.naming import encoder_slug
 
 MODEL = "egath-tiny-vit"
@@ -367,3 +370,140 @@ def test_pairs_file_missing_datasets(tmp_path):
         f["ids"] = np.array(["a"], dtype=h5py.string_dtype())
     with pytest.raises(F.FeatureInputError, match="image_paths"):
         F.extract_features(pairs, tmp_path / "o.h5", MODEL, "none", progress=False)
+
+
+# --------------------------------------------------------------------------- odd images
+
+
+def one_image_pairs(root: Path, images: list) -> tuple[Path, list[Path]]:
+    """pairs.h5 listing the given PIL images, saved as PNG under root."""
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, im in enumerate(images):
+        paths.append(root / f"odd{i}.png")
+        im.save(paths[-1])
+    pairs = root / "pairs.h5"
+    n = len(paths)
+    write_pairs(pairs, paths, ["sky"] * n, [[1, 0, 0, 0]] * n, LABELS, n_query=1, n_train=1)
+    return pairs, paths
+
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path):
+    """A 16-bit grey PNG reads as its 8-bit equivalent; convert("RGB") alone turns it white."""
+    grey16 = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)
+    grey8 = np.rint(grey16 / 257).astype(np.uint8)
+    images = [Image.fromarray(grey16), Image.fromarray(grey8), Image.new("L", (64, 64), 255)]
+    pairs, paths = one_image_pairs(tmp_path, images)
+    assert Image.open(paths[0]).mode == "I;16"
+    assert np.array_equal(np.asarray(F.open_image(paths[0]))[..., 0], grey8)
+    out = tmp_path / "f.h5"
+    F.extract_features(pairs, out, MODEL, "none", batch_size=4, num_workers=0, progress=False)
+    image = read_features(out)[0]["image"]
+    assert np.array_equal(image[0], image[1])  # 16-bit == its 8-bit copy
+    assert not np.array_equal(image[0], image[2])  # and not white
+
+
+@pytest.mark.parametrize("mode, values, expected", [
+    ("I", [0, 300, 65535], [0, 1, 255]),  # 16-bit grey stored as 32-bit (PGM, TIFF)
+    ("I", [0, 100, 255], [0, 100, 255]),  # 8-bit values in a 32-bit image
+    ("F", [0.0, 0.5, 1.0], [0, 128, 255]),
+])
+def test_wide_grey_modes_are_scaled(mode, values, expected):
+    im = Image.fromarray(np.array([values], np.float32 if mode == "F" else np.int32), mode)
+    assert np.asarray(F.to_rgb(im))[0, :, 0].tolist() == expected
+
+
+def test_out_of_range_grey_is_refused_not_guessed():
+    im = Image.fromarray(np.array([[0, 70000]], np.int32), "I")
+    with pytest.raises(ValueError, match="8 or 16 bits"):
+        F.to_rgb(im)
+
+
+def test_every_missing_image_is_counted_and_ten_named(tmp_path):
+    pairs, paths = make_dataset(tmp_path, n=14)
+    for p in paths[1:13]:
+        p.unlink()
+    with pytest.raises(F.FeatureInputError) as e:
+        F.extract_features(pairs, tmp_path / "o.h5", MODEL, "none", num_workers=0, progress=False)
+    msg = str(e.value)
+    assert "12 image path(s)" in msg and "and 2 more" in msg
+    assert all(str(p) in msg for p in paths[1:11]) and str(paths[11]) not in msg
+
+
+def test_a_directory_is_named_as_such(tmp_path):
+    pairs, paths = make_dataset(tmp_path, n=6)
+    paths[2].unlink()
+    paths[2].mkdir()
+    with pytest.raises(F.FeatureInputError, match=f"{re.escape(str(paths[2]))}' is a directory"):
+        F.extract_features(pairs, tmp_path / "o.h5", MODEL, "none", num_workers=0, progress=False)
+
+
+def test_huge_image_names_the_setting_and_skip_lists_it(tmp_path, capsys):
+    images = [Image.new("RGB", (64, 64), c) for c in COLOURS[:3]]
+    images[1] = Image.new("RGB", (200, 100), "red")  # 20,000 pixels
+    pairs, paths = one_image_pairs(tmp_path, images)
+    out = tmp_path / "f.h5"
+    kw = dict(batch_size=2, num_workers=0, max_image_pixels=10_000)
+    with pytest.raises(F.FeatureInputError) as e:
+        F.extract_features(pairs, out, MODEL, "none", progress=False, **kw)
+    msg = str(e.value)
+    assert str(paths[1]) in msg and "row 1" in msg and "20,000 pixels" in msg
+    assert "clip.max_image_pixels" in msg and "clip.unreadable_images" in msg
+    assert not out.exists() and not Path(str(out) + ".partial").exists()
+
+    F.extract_features(pairs, out, MODEL, "none", progress=True, unreadable_images="skip", **kw)
+    log = capsys.readouterr().err
+    assert f"skipping image {str(paths[1])!r}" in log and "1 of 3 images could not be read" in log
+    with h5py.File(out) as f:
+        assert f["image_skipped"][:].tolist() == [0, 1, 0]
+        assert not f["image"][1].any() and f["image"][0].any()
+        assert f.attrs["unreadable_images"] == "skip"
+
+
+def test_pil_limit_is_replaced_by_ours(tmp_path, monkeypatch):
+    """Below max_image_pixels no PIL DecompressionBombWarning (which names no file) is raised."""
+    pairs, _ = one_image_pairs(tmp_path, [Image.new("RGB", (64, 64), "red")])
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # PIL warns from 3,000 pixels, errs from 6,000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        F.extract_features(pairs, tmp_path / "f.h5", MODEL, "none", num_workers=0, progress=False)
+    assert Image.MAX_IMAGE_PIXELS == 3000
+
+
+def test_all_images_unreadable_is_an_error_even_when_skipping(tmp_path):
+    pairs, paths = make_dataset(tmp_path, n=3)
+    for p in paths:
+        p.write_bytes(b"not an image")
+    with pytest.raises(F.FeatureInputError, match="none of the 3 images"):
+        F.extract_features(pairs, tmp_path / "o.h5", MODEL, "none", num_workers=0, progress=False,
+                           unreadable_images="skip")
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_recorded_image_digest_changes_when_an_image_is_replaced(tmp_path):
+    pairs, paths = make_dataset(tmp_path, n=3)
+    out = tmp_path / "f.h5"
+    F.extract_features(pairs, out, MODEL, "none", num_workers=0, progress=False)
+    with h5py.File(out) as f:
+        recorded = f.attrs["images_sha256"]
+    assert files_digest([str(p) for p in paths]) == recorded
+    copy = tmp_path / "copy.png"
+    copy.write_bytes(paths[1].read_bytes())
+    os.replace(copy, paths[1])  # the same bytes, a new file in place
+    assert files_digest([str(p) for p in paths]) != recorded
+
+
+def test_non_finite_embeddings_name_their_rows(data, tmp_path, monkeypatch):
+    pairs, paths, ref = data
+    real = open_clip.model.CLIP.encode_image
+
+    def nan_in_row_5(model, x, *a, **k):
+        y = real(model, x, *a, **k)
+        y[5] = float("nan")  # one batch of all N rows
+        return y
+
+    monkeypatch.setattr(open_clip.model.CLIP, "encode_image", nan_in_row_5)
+    out = tmp_path / "f.h5"
+    with pytest.raises(ValueError, match=r"image embeddings holds NaN or inf in 1 row\(s\): 5 \(id 's0005'\)"):
+        F.extract_features(pairs, out, MODEL, "none", batch_size=N, num_workers=0, progress=False)
+    assert not out.exists()
