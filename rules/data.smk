@@ -54,6 +54,9 @@ rule prepare_dataset:
     params:
         source=lambda wildcards: dataset_config(wildcards)["source"],
         protocol=lambda wildcards: dataset_config(wildcards)["protocol"],
+        allow_missing_images=lambda wildcards: dataset_config(wildcards)[
+            "allow_missing_images"
+        ],
     script:
         "../scripts/prepare_dataset.py"
 
@@ -77,5 +80,10 @@ rule build_pairs:
         n_query=lambda wildcards: dataset_config(wildcards)["n_query"],
         n_train=lambda wildcards: dataset_config(wildcards)["n_train"],
         split_seed=lambda wildcards: dataset_config(wildcards)["split_seed"],
+        # the preparers keep empty texts where their protocol does; a user's manifest opts in
+        allow_empty_text=lambda wildcards: (
+            dataset_config(wildcards)["source"] != "manifest"
+            or dataset_config(wildcards)["allow_empty_text"]
+        ),
     script:
         "../scripts/build_pairs.py"

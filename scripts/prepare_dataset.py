@@ -10,4 +10,5 @@ PREPARERS[snakemake.params.source](
     Path(snakemake.input.done).parent,
     Path(snakemake.output.manifest).parent,
     protocol=snakemake.params.protocol,
+    allow_missing_images=snakemake.params.allow_missing_images,
 )

@@ -1,6 +1,7 @@
-"""The real-dataset branch of the workflow, end to end, on a miniature MIRFlickr25K whose
-archives are already in place: download_dataset must reuse them (no network), unpack them,
-and prepare_dataset, build_pairs and the later stages run on the result."""
+"""The real-dataset branch of the workflow on miniatures whose archives are already in place:
+download_dataset must reuse them (no network) and unpack them, and prepare_dataset,
+build_pairs (and for MIRFlickr25K the later stages) run on the result; the dataset options
+allow_missing_images and allow_empty_text reach their rules."""
 from __future__ import annotations
 
 import csv
@@ -13,6 +14,9 @@ import pytest
 from PIL import Image
 
 from egath.datasets.mirflickr import MIRFLICKR_LABELS
+from egath.datasets.text import EMPTY_TEXT_PLACEHOLDER
+from test_nuswide import (N_TAGS, TAGS, expected, photo_copy_name, placeholder_bytes,
+                          write_official_files, write_photo_id_copy)
 from test_workflow import TINY_CONFIG, snakemake, write_config
 
 pytestmark = pytest.mark.workflow
@@ -77,3 +81,69 @@ def test_mirflickr_archives_in_place_run_through_every_stage(tmp_path):
         rows = list(csv.DictReader(f))
     assert {(r["dataset"], r["bits"], r["task"]) for r in rows} == {
         ("mirflickr25k", "8", "i2t"), ("mirflickr25k", "8", "t2i")}
+
+
+def write_nuswide_archives(raw, stage) -> None:
+    """The official NUS-WIDE archives as they unpack: ImageList/ in its folder, the rest flat."""
+    write_official_files(stage, flat=True)
+    raw.mkdir(parents=True)
+    archives = {"ImageList.zip": ["Imagelist.txt"], "ConceptsList.zip": ["Concepts81.txt"],
+                "NUS_WID_Tags.zip": ["TagList1k.txt", "AllTags1k.txt", "All_Tags.txt"],
+                "Groundtruth.zip": [str(p.relative_to(stage)) for p in sorted(stage.glob("*/*.txt"))]}
+    for archive, names in archives.items():
+        with zipfile.ZipFile(raw / archive, "w") as zf:
+            for name in names:
+                zf.write(stage / name, "ImageList/" + name if archive == "ImageList.zip" else name)
+    (raw / "NUS-WIDE-urls.rar").write_bytes(b"Rar!")  # kept for reference, never unpacked
+
+
+def test_nuswide_photo_id_copy_with_placeholders_reaches_pairs(tmp_path):
+    """download_dataset reuses the archives, prepare_dataset finds a photo-id-named copy and
+    drops (allow_missing_images) the missing and placeholder images, build_pairs keeps the
+    empty texts as all-zero bag-of-words rows."""
+    raw = tmp_path / "resources/nuswide/raw"
+    write_nuswide_archives(raw, tmp_path / "stage")
+    _, keep, _ = expected(10)
+    missing, stand_ins = list(keep[:3]), list(keep[3:13])
+    write_photo_id_copy(raw / "nus_wide" / "images", skip=missing)
+    for i in stand_ins:
+        (raw / "nus_wide" / "images" / photo_copy_name(i)).write_bytes(placeholder_bytes())
+    config = {**TINY_CONFIG, "datasets": {"nuswide": {
+        "source": "nuswide", "n_query": 5, "n_train": 20, "split_seed": 6, "bow_dim": N_TAGS,
+        "allow_missing_images": True}}}
+    snakemake(tmp_path, "--cores", "1", "results/nuswide/pairs.h5",
+              config=write_config(tmp_path / "nus.yaml", config))
+    used = [i for i in keep if i not in missing + stand_ins]
+    with h5py.File(tmp_path / "results/nuswide/pairs.h5") as pairs:
+        bow, texts = pairs["bow"][:], [t.decode() for t in pairs["texts"][:]]
+    assert bow.shape[0] == len(used)
+    empty = np.array([not TAGS[i].any() for i in used])
+    assert empty.any() and (bow[empty] == 0).all() and (bow[~empty].sum(1) > 0).all()
+    assert {texts[r] for r in np.flatnonzero(empty)} == {EMPTY_TEXT_PLACEHOLDER}
+    log = (tmp_path / "logs/prepare_dataset/nuswide.log").read_text()
+    assert f"0 by imagelist_path, 0 by file_name, {len(keep) - 3} by photo_id; 3 not found" in log
+    assert "all 10 placeholder images" in log and "dropped_placeholder_image=10" in log
+
+
+def test_empty_text_in_own_manifest_needs_the_option(tmp_path):
+    folder = tmp_path / "own"
+    folder.mkdir()
+    rows = [f"s{i}\timg{i}.jpg\t{'sky tree' if i % 4 else '--- ###'}\t{'a' if i % 2 else 'b'}"
+            for i in range(12)]
+    for i in range(12):
+        (folder / f"img{i}.jpg").write_bytes(jpeg_bytes(i))
+    (folder / "labels.txt").write_text("a\nb\n", encoding="utf-8")
+    (folder / "manifest.tsv").write_text("id\timage\ttext\tlabels\n" + "\n".join(rows) + "\n",
+                                         encoding="utf-8")
+    dataset = {"source": "manifest", "manifest": str(folder / "manifest.tsv"), "n_query": 2,
+               "n_train": 6, "split_seed": 0, "bow_dim": 5}
+    config = write_config(tmp_path / "own.yaml", {**TINY_CONFIG, "datasets": {"own": dataset}})
+    result = snakemake(tmp_path, "--cores", "1", "results/own/pairs.h5", config=config, check=False)
+    assert result.returncode != 0
+    log = (tmp_path / "logs/build_pairs/own.log").read_text()
+    assert "manifest.tsv:2: sample 's0' has an empty text '--- ###'" in log and "allow_empty_text" in log
+    config = write_config(tmp_path / "own.yaml", {**TINY_CONFIG, "datasets": {
+        "own": {**dataset, "allow_empty_text": True}}})
+    snakemake(tmp_path, "--cores", "1", "results/own/pairs.h5", config=config)
+    with h5py.File(tmp_path / "results/own/pairs.h5") as pairs:
+        assert (pairs["bow"][::4] == 0).all() and pairs["bow"].shape[0] == 12
