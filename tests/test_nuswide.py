@@ -26,6 +26,7 @@ FOLDERS = ["actor", "airport", "zebra"]
 TAG_NAMES = [f"tag{k}" for k in range(N_TAGS)]
 SYMBOLS_ONLY = 5      # All_Tags.txt gives this image only punctuation: an empty text
 SEPARATOR_IN_TAG = 6  # ... and this one a tag with U+2028 inside
+TWICE = 59            # the photo of image 58, listed again
 
 
 def _data():
@@ -33,10 +34,13 @@ def _data():
     p = np.linspace(0.35, 0.02, N_CONCEPTS)
     labels = (rng.random((N, N_CONCEPTS)) < p).astype(int)
     labels[[3, 17, 40]] = 0  # no concept at all
+    labels[[TWICE - 1, TWICE], 0] = 1
     tags = (rng.random((N, N_TAGS)) < 0.1).astype(int)
     tags[::7] = 0  # some images without any 1k tag
     tags[[SYMBOLS_ONLY, SEPARATOR_IN_TAG]] = 1
     files = [(FOLDERS[i % 3], f"{i + 1:04d}_{1000 + 17 * i}.jpg") for i in range(N)]
+    # Imagelist.txt names a few photos twice, in two folders (six of them in the real one)
+    files[TWICE] = (FOLDERS[TWICE % 3], f"{TWICE + 1:04d}_{1000 + 17 * (TWICE - 1)}.jpg")
     return labels, tags, files
 
 
@@ -102,8 +106,9 @@ def photo_copy_name(i):
 
 
 def write_photo_id_copy(folder: Path, skip=()) -> None:
+    """One file per photo, named after Flickr's URL."""
     for i in range(N):
-        if i not in skip:
+        if i not in skip and i != TWICE:
             write_jpeg(folder / photo_copy_name(i), i)
 
 
@@ -238,8 +243,19 @@ def test_photo_id_named_copy(tmp_path, caplog):
     paths = {r[0]: r[1] for r in rows}
     assert paths[sample_id(keep[0])] == f"../raw/Flickr/{FILES[keep[0]][0]}/{FILES[keep[0]][1]}"
     assert paths[sample_id(keep[1])] == f"../raw/other/{FILES[keep[1]][1]}"
-    assert paths[sample_id(keep[-1])] == f"../raw/nus_wide/images/{photo_copy_name(keep[-1])}"
+    assert paths[sample_id(keep[-2])] == f"../raw/nus_wide/images/{photo_copy_name(keep[-2])}"
     assert sample_id(missing[0]) not in paths
+
+
+def test_a_photo_listed_twice_shares_its_file(tmp_path, caplog):
+    raw = tmp_path / "raw"
+    write_official_files(raw)
+    write_photo_id_copy(raw / "images")
+    prepare_nuswide(raw, tmp_path / "out")
+    paths = {r[0]: r[1] for r in read_manifest(tmp_path / "out")[0]}
+    assert paths[sample_id(TWICE)] == paths[sample_id(TWICE - 1)] == \
+        f"../raw/images/{photo_copy_name(TWICE - 1)}"
+    assert "several files" not in caplog.text and "placeholder" not in caplog.text
 
 
 def test_photo_id_held_by_several_files_takes_the_first_in_path_order(tmp_path, caplog):
@@ -299,7 +315,8 @@ def test_fewer_identical_files_than_the_threshold_are_kept(tmp_path):
 def test_missing_images_in_the_imagelist_layout(nus_raw, tmp_path):
     shutil.rmtree(nus_raw / "Flickr" / "zebra")
     _, keep, _ = expected(10)
-    n_missing = sum(1 for i in keep if FILES[i][0] == "zebra" and i % 9 != 4)
+    # TWICE is in zebra/, but its photo is also in airport/ and found by its photo id
+    n_missing = sum(1 for i in keep if FILES[i][0] == "zebra" and i % 9 != 4 and i != TWICE)
     with pytest.raises(DatasetError) as e:
         prepare_nuswide(nus_raw, tmp_path / "out")
     msg = str(e.value)

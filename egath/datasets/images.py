@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Sequence
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif")
-# Identical bytes on at least this many images mark a placeholder. Real duplicates in
-# NUS-WIDE come in pairs (iTomxy/data, nuswide/check.duplication.py), so 10 copies of one
-# file are no photos; a copy with fewer copies of a placeholder goes unnoticed.
+# Identical bytes behind at least this many images mark a placeholder. NUS-WIDE's
+# Imagelist.txt names a photo at most twice (six photo ids twice: iTomxy/data,
+# nuswide/check.duplication.py), so one file may rightly serve two images; behind ten it is
+# no photo. A judgement, not a fact: fewer copies of a placeholder go unnoticed.
 PLACEHOLDER_MIN_COPIES = 10
 
 
