@@ -9,24 +9,23 @@ Conventions shared by every function:
 * Ranking is by Hamming distance; items at equal distance are ordered by database index
   (a stable sort), so every metric below has one defined value.
 
-How it is computed: codes are bit-packed into uint64 words and distances come from popcounts,
-a block of queries at a time, so memory stays bounded (about 60 MB per thread at MS-COCO
-scale).
-Relevance is built from bit-packed label columns (a query's relevance row is the OR of the
-columns of its labels). A Hamming distance takes only bits + 1 values, so the tie-aware AP
-and the precision-recall curve need only per-distance counts of items and of relevant items;
-the index-tie AP and precision@N need the ranked order, which a radix argsort of the small
-integer distances gives in linear time (when only the first few thousand ranks are needed,
-only the items within the distance those ranks reach are sorted).
+How it is computed (egath.hamming): a Hamming distance takes only bits + 1 values, so no
+sort is needed. One compiled pass over the database per query, in index order, keeps a counter
+per distance; it gives every item's rank under the index tie rule, and with it the index-tie
+AP (also at a cut-off k), the relevant items among the first n ranks, and the per-distance
+counts of items and of relevant items from which the tie-aware AP and the precision-recall
+curve follow. Queries run in parallel threads; memory beyond the inputs is a few bytes per
+database item per thread.
 """
 from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from egath.hamming import label_bitmaps, pack_codes, rank_statistics
 
 __all__ = [
     "DEFAULT_NS",
@@ -41,187 +40,41 @@ __all__ = [
 
 DEFAULT_NS = (50, 100, 200, 500) + tuple(range(1000, 5001, 500))
 
-# Elements (queries x database items) handled per block: large enough to amortise Python
-# overhead, small enough that the int64 sort order of a block stays in the tens of MB.
-_BLOCK_ELEMENTS = 1 << 21
 _EULER_GAMMA = 0.57721566490153286061
 
 
 # --------------------------------------------------------------------------- inputs
 
-def _code_bits(codes, name: str) -> np.ndarray:
-    codes = np.asarray(codes)
-    if codes.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array (n, bits), got shape {codes.shape}")
-    return codes > 0
-
-
-def _pack_codes(bits: np.ndarray) -> np.ndarray:
-    """Bool (n, b) -> uint64 (n, ceil(b / 64)); padding bits are 0 on both sides of an XOR."""
-    packed = np.packbits(bits, axis=1)
-    pad = (-packed.shape[1]) % 8
-    if pad:
-        packed = np.pad(packed, ((0, 0), (0, pad)))
-    return np.ascontiguousarray(packed).view(np.uint64)
-
-
 class _Problem:
     """Validated, packed inputs of one retrieval task."""
 
     def __init__(self, query_codes, database_codes, query_labels, database_labels):
-        qb = _code_bits(query_codes, "query_codes")
-        db = _code_bits(database_codes, "database_codes")
-        if qb.shape[1] != db.shape[1]:
-            raise ValueError(f"query codes have {qb.shape[1]} bits, database codes {db.shape[1]}")
+        self.query = pack_codes(query_codes, "query_codes")
+        self.database = pack_codes(database_codes, "database_codes")
+        if self.query.bits != self.database.bits:
+            raise ValueError(f"query codes have {self.query.bits} bits, "
+                             f"database codes {self.database.bits}")
         ql = np.asarray(query_labels)
         dl = np.asarray(database_labels)
         if ql.ndim != 2 or dl.ndim != 2 or ql.shape[1] != dl.shape[1]:
             raise ValueError(f"labels must be 2-D with equal columns, got {ql.shape} and {dl.shape}")
-        if ql.shape[0] != qb.shape[0] or dl.shape[0] != db.shape[0]:
+        if ql.shape[0] != len(self.query) or dl.shape[0] != len(self.database):
             raise ValueError("codes and labels disagree on the number of rows")
-        if qb.shape[0] == 0 or db.shape[0] == 0:
+        if len(self.query) == 0 or len(self.database) == 0:
             raise ValueError("need at least one query and one database item")
-        self.n_query, self.bits = qb.shape
-        self.n_db = db.shape[0]
-        self.n_dist = self.bits + 1  # distances 0..bits
-        self.dist_dtype = np.uint8 if self.bits <= 255 else np.uint16
-        self.query_words = _pack_codes(qb)
-        # (words, n_db): each word row is contiguous for the broadcast XOR.
-        self.db_words = np.ascontiguousarray(_pack_codes(db).T)
+        self.n_query, self.n_db, self.bits = len(self.query), len(self.database), self.query.bits
         self.query_labels = ql > 0
-        # (classes, ceil(n_db / 8)): bit j of column c says whether item j carries label c.
-        self.label_columns = np.packbits((dl > 0).T, axis=1, bitorder="little")
-
-    def distances(self, start: int, stop: int) -> np.ndarray:
-        """Hamming distances of queries start:stop to the whole database, (c, n_db)."""
-        q = self.query_words[start:stop]
-        c = stop - start
-        out = np.empty((c, self.n_db), self.dist_dtype)
-        xor = np.empty((c, self.n_db), np.uint64)
-        for w in range(q.shape[1]):
-            np.bitwise_xor(q[:, w, None], self.db_words[w][None, :], out=xor)
-            if w == 0:
-                np.bitwise_count(xor, out=out)
-            else:
-                out += np.bitwise_count(xor)
-        return out
-
-    def relevance(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """Bool (c, n_db), True where the item shares a label with the query; and row sums."""
-        ql = self.query_labels[start:stop]
-        packed = np.zeros((stop - start, self.label_columns.shape[1]), np.uint8)
-        for label in np.flatnonzero(ql.any(axis=0)):
-            rows = ql[:, label]
-            packed[rows] |= self.label_columns[label]
-        n_relevant = np.bitwise_count(packed).sum(axis=1, dtype=np.int64)
-        rel = np.unpackbits(packed, axis=1, count=self.n_db, bitorder="little")
-        return rel.view(bool), n_relevant
-
-    def blocks(self) -> list[tuple[int, int]]:
-        step = max(1, min(self.n_query, _BLOCK_ELEMENTS // max(1, self.n_db)))
-        return [(s, min(s + step, self.n_query)) for s in range(0, self.n_query, step)]
+        self.database_label_bits = label_bitmaps(dl, "database_labels")
 
 
-def _default_threads() -> int:
-    """Available cores, capped by OMP_NUM_THREADS (Snakemake sets it to a job's threads) and 8."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        n = os.cpu_count() or 1
-    omp = os.environ.get("OMP_NUM_THREADS", "")
-    if omp.isdigit() and int(omp) > 0:
-        n = min(n, int(omp))
-    return max(1, min(n, 8))
-
-
-def _scan(problem: _Problem, *, want_ap: bool = False, top_k: int | None = None,
-          want_hist: bool = False, ns: tuple[int, ...] = (), threads: int | None = None) -> dict:
-    """One pass over the query blocks; returns per-query arrays.
-
-    Keys: "n_relevant" (n_query,) always; with want_ap "ap_sum" and "ap_count" (sum of
-    precision at relevant ranks within the cut-off, and the number of those ranks); with
-    want_hist "hist_all" and "hist_rel" (n_query, bits + 1) counts of items / relevant items at
-    each distance; with ns "hits" (n_query, len(ns)) relevant items among the first n.
-    """
-    n_db, n_dist = problem.n_db, problem.n_dist
-    cut = n_db if top_k is None else min(int(top_k), n_db)
-    need_order = want_ap or bool(ns)
-    prefix = max([cut if want_ap else 0, *ns]) if need_order else 0
-
-    # 1 / rank for ranks 1..cut, repeated for each row of a block, so that the precision
-    # terms are a gather instead of a division (built once per block height).
-    inverse_ranks = {}
-
-    def inverse_rank_table(c):
-        if c not in inverse_ranks:
-            inverse_ranks[c] = np.tile(1.0 / np.arange(1, cut + 1), c)
-        return inverse_ranks[c]
-
-    def run_block(bounds):
-        start, stop = bounds
-        c = stop - start
-        dist = problem.distances(start, stop)
-        rel, n_rel = problem.relevance(start, stop)
-        res = {"n_relevant": n_rel}
-        if want_hist:
-            # one histogram of 2 * distance + relevant gives both counts per distance
-            key_dtype = np.uint8 if 2 * n_dist <= 256 else np.uint16
-            keys = np.left_shift(dist, 1, dtype=key_dtype)
-            keys |= rel
-            both = np.empty((c, n_dist, 2), np.int64)
-            for i in range(c):
-                both[i] = np.bincount(keys[i], minlength=2 * n_dist).reshape(n_dist, 2)
-            del keys
-            res["hist_rel"] = both[:, :, 1]
-            res["hist_all"] = both.sum(axis=2)
-        if need_order:
-            ranked = np.empty((c, prefix), bool)  # relevance in ranked order, first `prefix`
-            if 4 * prefix <= n_db:
-                # Only the first `prefix` ranks are needed: sort just the items within the
-                # distance that the prefix reaches (a small fraction of the database).
-                for i in range(c):
-                    counts = res["hist_all"][i] if want_hist else np.bincount(
-                        dist[i], minlength=n_dist)
-                    reach = np.searchsorted(np.cumsum(counts), prefix)
-                    near = np.flatnonzero(dist[i] <= reach)
-                    sub = np.argsort(dist[i][near], kind="stable")[:prefix]
-                    np.take(rel[i], near[sub], out=ranked[i])
-            else:
-                order = np.argsort(dist, axis=1, kind="stable")
-                for i in range(c):
-                    np.take(rel[i], order[i, :prefix], out=ranked[i])
-                del order
-            if want_ap:
-                top = ranked[:, :cut]
-                pos = np.flatnonzero(top)  # row-major: grouped by query, ascending rank
-                if cut == n_db:
-                    per_row = n_rel
-                else:
-                    per_row = np.diff(np.searchsorted(pos, np.arange(c + 1) * cut))
-                first = np.cumsum(per_row) - per_row
-                # the k-th relevant item of a row at rank p adds precision k / p
-                ordinal = np.arange(1, pos.size + 1, dtype=np.float64)
-                ordinal -= np.repeat(first, per_row)
-                ordinal *= inverse_rank_table(c)[pos]
-                sums = np.zeros(c)
-                nonempty = per_row > 0
-                if pos.size:
-                    sums[nonempty] = np.add.reduceat(ordinal, first[nonempty])
-                res["ap_sum"] = sums
-                res["ap_count"] = per_row
-            if ns:
-                cum = np.cumsum(ranked[:, :max(ns)], axis=1, dtype=np.int64)
-                res["hits"] = cum[:, [n - 1 for n in ns]]
-        return res
-
-    bounds = problem.blocks()
-    threads = _default_threads() if threads is None else max(1, int(threads))
-    if threads > 1 and len(bounds) > 1:
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            parts = list(pool.map(run_block, bounds))
-    else:
-        parts = [run_block(b) for b in bounds]
-    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+def _scan(problem: _Problem, *, top_k: int | None = None, ns: tuple[int, ...] = (),
+          threads: int | None = None) -> dict:
+    """Per-query statistics of the ranking (egath.hamming.rank_statistics), plus "n_relevant"."""
+    cut = problem.n_db if top_k is None else min(int(top_k), problem.n_db)
+    stats = rank_statistics(problem.query, problem.database, problem.query_labels,
+                            problem.database_label_bits, cut=cut, ns=ns, threads=threads)
+    stats["n_relevant"] = stats["hist_rel"].sum(axis=1)
+    return stats
 
 
 # --------------------------------------------------------------------------- AP
@@ -244,7 +97,7 @@ def mean_average_precision(query_codes, database_codes, query_labels, database_l
     problem = _Problem(query_codes, database_codes, query_labels, database_labels)
     if top_k is not None and int(top_k) < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
-    stats = _scan(problem, want_ap=True, top_k=top_k, threads=threads)
+    stats = _scan(problem, top_k=top_k, threads=threads)
     return _mean_ap(stats)
 
 
@@ -316,7 +169,7 @@ def tie_aware_map(query_codes, database_codes, query_labels, database_labels, *,
     Queries with no relevant item are left out of the mean; 0.0 if all are.
     """
     problem = _Problem(query_codes, database_codes, query_labels, database_labels)
-    stats = _scan(problem, want_hist=True, threads=threads)
+    stats = _scan(problem, threads=threads)
     return _mean_tie_aware(stats)
 
 
@@ -339,7 +192,7 @@ def precision_recall_by_radius(query_codes, database_codes, query_labels, databa
     relevant item (0.0 when none has).
     """
     problem = _Problem(query_codes, database_codes, query_labels, database_labels)
-    stats = _scan(problem, want_hist=True, threads=threads)
+    stats = _scan(problem, threads=threads)
     return _pr_curve(stats, problem.bits)
 
 
@@ -400,7 +253,7 @@ def random_codes_map(query_labels, database_labels, bits: int, seed: int = 0, *,
 
 def _evaluate(problem: _Problem, ns, threads) -> dict:
     ns = _valid_ns(ns, problem.n_db)
-    stats = _scan(problem, want_ap=True, want_hist=True, ns=ns, threads=threads)
+    stats = _scan(problem, ns=ns, threads=threads)
     pr = _pr_curve(stats, problem.bits)
     pan = _precision_at_n(stats, ns)
     return {

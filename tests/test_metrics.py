@@ -169,15 +169,42 @@ def test_all_metrics_match_brute_force(seed, bits, labels, zero_one):
         np.testing.assert_allclose(pan["precision"], p_ref, atol=1e-9, rtol=0)
 
 
-def test_blocks_and_threads_do_not_change_results(monkeypatch):
+def test_threads_do_not_change_results():
     q, db, ql, dl = random_case(11, 37, 301, 16, 5)
     expected = ref_map(q, db, ql, dl)
-    monkeypatch.setattr(M, "_BLOCK_ELEMENTS", 301 * 4)  # 4 queries per block
-    for threads in (1, 3):
-        assert M.mean_average_precision(q, db, ql, dl, threads=threads) == pytest.approx(
-            expected, abs=1e-12)
-        assert M.tie_aware_map(q, db, ql, dl, threads=threads) == pytest.approx(
-            ref_tie_aware_direct(q, db, ql, dl), abs=1e-12)
+    one = M.mean_average_precision(q, db, ql, dl, threads=1)
+    assert one == pytest.approx(expected, abs=1e-12)
+    for threads in (2, 3, 50):  # more threads than queries too
+        assert M.mean_average_precision(q, db, ql, dl, threads=threads) == one
+        assert M.tie_aware_map(q, db, ql, dl, threads=threads) == M.tie_aware_map(
+            q, db, ql, dl, threads=1)
+
+
+@pytest.mark.parametrize("bits", [8, 16, 32, 64, 65, 127, 128])
+def test_tie_heavy_cases_match_brute_force(bits):
+    # a handful of distinct codes and of label sets over 1,000 items: long runs of equal
+    # distance, so the index tie rule decides most ranks; 1,000 is not a multiple of 64
+    rng = np.random.default_rng(bits)
+    pool = rng.integers(0, 2, (4, bits))
+    q = pool[rng.integers(0, 4, 9)]
+    db = pool[rng.integers(0, 4, 1000)]
+    db[rng.random(1000) < 0.05] ^= 1  # a few items away from the pool
+    label_sets = (rng.random((5, 6)) < 0.3).astype(np.uint8)
+    ql = label_sets[rng.integers(0, 5, 9)]
+    dl = label_sets[rng.integers(0, 5, 1000)]
+    for k in (None, 1, 7, 100, 999, 1000):
+        assert M.mean_average_precision(q, db, ql, dl, top_k=k) == pytest.approx(
+            ref_map(q, db, ql, dl, top_k=k), abs=1e-9)
+    assert M.tie_aware_map(q, db, ql, dl) == pytest.approx(
+        ref_tie_aware_direct(q, db, ql, dl), abs=1e-9)
+    pan = M.precision_at_n(q, db, ql, dl, ns=(1, 10, 64, 65, 999, 1000))
+    np.testing.assert_allclose(pan["precision"], ref_pan(q, db, ql, dl, pan["n"])[1],
+                               atol=1e-9, rtol=0)
+    if bits <= 32:  # the radius reference loops over every radius
+        pr = M.precision_recall_by_radius(q, db, ql, dl)
+        P, R = ref_pr(q, db, ql, dl)
+        np.testing.assert_allclose(pr["precision"], P, atol=1e-9, rtol=0)
+        np.testing.assert_allclose(pr["recall"], R, atol=1e-9, rtol=0)
 
 
 def test_tie_aware_large_offsets_accurate():
