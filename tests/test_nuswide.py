@@ -369,3 +369,13 @@ def test_corrupt_files(nus_raw, tmp_path):
     imagelist.unlink()
     with pytest.raises(DatasetError, match="Imagelist.txt"):
         prepare_nuswide(nus_raw, tmp_path / "out")
+
+
+def test_copy_linked_into_raw_is_found(tmp_path):
+    raw = tmp_path / "raw"
+    write_official_files(raw)
+    write_photo_id_copy(tmp_path / "elsewhere" / "nus_wide")
+    (raw / "images").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere" / "loop").symlink_to(raw)  # a link back up is walked once
+    counts = prepare_nuswide(raw, tmp_path / "out")
+    assert counts["images_by_photo_id"] == counts["kept"] == len(expected(10)[1])
