@@ -15,12 +15,13 @@ from egath import devices
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A job that claims a GPU, prints what CUDA will see, and holds it until its stdin closes.
+# A job that claims a GPU (argv[1]: gpu_slots), prints what CUDA will see, and holds it until
+# its stdin closes.
 HOLDER = """
 import logging, os, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 from egath.devices import claim_gpu
-claim_gpu(poll_s=0.1)
+claim_gpu(poll_s=0.1, gpu_slots=int(sys.argv[1]))
 print(os.environ["CUDA_VISIBLE_DEVICES"], flush=True)
 sys.stdin.read()
 """
@@ -30,11 +31,11 @@ sys.stdin.read()
 def start_job(tmp_path):
     jobs = []
 
-    def start(n_gpus: int) -> subprocess.Popen:
+    def start(n_gpus: int, gpu_slots: int = 1) -> subprocess.Popen:
         env = {**os.environ, "EGATH_FAKE_GPUS": str(n_gpus), "EGATH_GPU_LOCK_DIR": str(tmp_path / "locks"),
                "PYTHONPATH": str(REPO)}
         env.pop("CUDA_VISIBLE_DEVICES", None)
-        job = subprocess.Popen([sys.executable, "-c", HOLDER], env=env, text=True, stdin=subprocess.PIPE,
+        job = subprocess.Popen([sys.executable, "-c", HOLDER, str(gpu_slots)], env=env, text=True, stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=open(tmp_path / f"job{len(jobs)}.log", "w"))
         jobs.append(job)
         return job
@@ -60,6 +61,29 @@ def test_concurrent_jobs_never_share_a_gpu_and_a_third_waits(start_job, tmp_path
     assert "waiting" in (tmp_path / "job2.log").read_text()
     held["1"].stdin.close()  # the job on GPU 1 ends normally
     assert gpu_of(third) == "1"
+
+
+def test_gpu_slots_let_jobs_share_a_gpu_and_a_third_waits(start_job, tmp_path):
+    first, second = start_job(1, gpu_slots=2), start_job(1, gpu_slots=2)
+    assert gpu_of(first) == gpu_of(second) == "0"  # both on the one GPU
+    third = start_job(1, gpu_slots=2)
+    assert gpu_of(third, timeout=3) is None  # both slots held: it waits
+    assert "(2 per GPU): waiting" in (tmp_path / "job2.log").read_text()
+    first.stdin.close()
+    assert gpu_of(third) == "0"  # it takes the slot that was freed
+
+
+def test_jobs_spread_over_gpus_before_sharing_one(start_job):
+    jobs = [start_job(2, gpu_slots=2) for _ in range(2)]
+    assert sorted(gpu_of(job) for job in jobs) == ["0", "1"]
+    jobs += [start_job(2, gpu_slots=2) for _ in range(2)]
+    assert sorted(gpu_of(job) for job in jobs[2:]) == ["0", "1"]
+
+
+@pytest.mark.parametrize("slots", [0, -1, 1.5, True, "2"])
+def test_gpu_slots_must_be_a_positive_integer(slots, tmp_path):
+    with pytest.raises(ValueError, match="gpu_slots must be an integer >= 1"):
+        devices.claim_gpu(["0"], lock_dir=tmp_path, gpu_slots=slots)
 
 
 def test_a_killed_job_frees_its_gpu(start_job):
