@@ -6,14 +6,8 @@ disagrees when a model and an index (or a collection) meet.
 """
 from __future__ import annotations
 
-import hashlib
-
+from egath.features import strings_digest
 from egath.io import open_h5, string_array
-
-
-def vocabulary_digest(words) -> str:
-    """sha256 of the vocabulary in order (words hold no whitespace, so newlines separate them)."""
-    return hashlib.sha256("\n".join(words).encode("utf-8")).hexdigest()
 
 
 def encoder_of(features_path) -> str:
@@ -28,7 +22,7 @@ def pairs_facts(pairs_path) -> dict:
     with open_h5(pairs_path) as f:
         vocabulary = string_array(f["vocabulary"][()]) if "vocabulary" in f else None
         dataset = _text(f.attrs.get("dataset", ""))
-    return {"dataset": dataset, "vocabulary_sha256": vocabulary_digest(vocabulary) if vocabulary else ""}
+    return {"dataset": dataset, "vocabulary_sha256": strings_digest(vocabulary) if vocabulary else ""}
 
 
 def training_inputs(pairs_path, features_path) -> dict:
@@ -36,18 +30,27 @@ def training_inputs(pairs_path, features_path) -> dict:
     return {**pairs_facts(pairs_path), "encoder": encoder_of(features_path)}
 
 
-def differences(expected: dict, found: dict, keys) -> list[str]:
-    """`key: a != b` for each of `keys` where both sides know a value and the values differ.
+def differences(a: dict, b: dict, keys, names: tuple[str, str]) -> list[str]:
+    """"key: <names[0]> a, <names[1]> b" for each of `keys` where both sides know a value
+    and the values differ.
 
     A side without a value (a model.pt from before these facts were recorded) is not a
     difference: there is nothing to compare.
     """
     out = []
     for key in keys:
-        a, b = expected.get(key), found.get(key)
-        if a not in (None, "") and b not in (None, "") and str(a) != str(b):
-            out.append(f"{key}: {a} != {b}")
+        x, y = a.get(key), b.get(key)
+        if x not in (None, "") and y not in (None, "") and str(x) != str(y):
+            out.append(f"{key}: {names[0]} {x}, {names[1]} {y}")
     return out
+
+
+def model_facts(ckpt: dict) -> dict:
+    """What a loaded model.pt says of itself and of its inputs, in the keys the checks compare."""
+    inputs = ckpt.get("inputs", {})
+    return {"dataset": inputs.get("dataset") or ckpt["dataset"], "method": ckpt["method"],
+            "bits": int(ckpt["bits"]), "encoder": inputs.get("encoder", ""),
+            "vocabulary_sha256": inputs.get("vocabulary_sha256", "")}
 
 
 def _text(value) -> str:
