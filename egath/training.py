@@ -11,8 +11,11 @@ on pairs held out of the training set. Never the test (query) mAP, which the pee
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import math
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -21,7 +24,8 @@ import numpy as np
 import torch
 
 from egath.graph import load_graph
-from egath.io import atomic_output, open_h5
+from egath.io import atomic_output, check_finite, open_h5, string_array
+from egath.lineage import MismatchError, check_features, check_graph, pairs_lineage
 from egath.methods import MethodSpec
 from egath.methods.base import binarize
 from egath.metrics import mean_average_precision
@@ -83,18 +87,34 @@ class TrainingData:
 
 
 def load_split(pairs_path, features_path, split: str, text: str = "bow") -> TrainingData:
-    """The rows of one split (`train`, `query`, `database`) as float tensors."""
+    """The rows of one split (`train`, `query`, `database`) as float tensors.
+
+    Pairs whose image could not be read at extraction (the features' `image_skipped`) are
+    left out, and logged; NaN or inf in what is loaded stops with the file and rows named.
+    """
     with open_h5(pairs_path, ("bow", "labels", f"split/{split}")) as pairs, \
             open_h5(features_path, ("image", "text")) as features:
         rows = pairs[f"split/{split}"][:]
         if features["image"].shape[0] != pairs["labels"].shape[0]:
             raise ValueError(f"{features_path} has {features['image'].shape[0]} rows, "
                              f"{pairs_path} has {pairs['labels'].shape[0]}")
-        text_source = pairs["bow"] if text == "bow" else features["text"]
-        return TrainingData(
+        if "image_skipped" in features:
+            skipped = features["image_skipped"][:].astype(bool)[rows]
+            if skipped.all():
+                raise ValueError(f"{features_path}: no image of split {split!r} could be read")
+            if skipped.any():
+                log.info("%s: leaving out %d of the %d %s pairs, whose image could not be read "
+                         "(image_skipped)", features_path, int(skipped.sum()), len(rows), split)
+                rows = rows[~skipped]
+        text_path, text_source = (pairs_path, pairs["bow"]) if text == "bow" else (features_path, features["text"])
+        data = TrainingData(
             image=torch.from_numpy(features["image"][rows].astype(np.float32)),
             text=torch.from_numpy(text_source[rows].astype(np.float32)),
             labels=torch.from_numpy(pairs["labels"][rows].astype(np.float32)))
+        for what, values in ((f"{features_path}: image", data.image), (f"{text_path}: {text_source.name[1:]}", data.text)):
+            if not torch.isfinite(values).all():
+                check_finite(values.numpy(), what, rows, string_array(pairs["ids"][()]) if "ids" in pairs else None)
+        return data
 
 
 def split_validation(data: TrainingData, n_validation: int, seed: int) -> tuple[TrainingData, TrainingData]:
@@ -120,22 +140,28 @@ def validation_map(model, validation: TrainingData, device: str) -> float:
 
 def train(pairs_path, features_path, graph_path, out_path, method: str, bits: int,
           params: dict, checkpoint_path=None, device: str = "cpu", dataset: str = "",
-          spec: dict | None = None) -> dict:
+          spec: dict | None = None, reuse_path=None) -> dict:
     """Train one method and write its self-describing checkpoint to `out_path`.
 
     `method` names the run; `spec` (model, text input) defaults to the method name read as a
     model name; `dataset` defaults to the name pairs.h5 carries. `checkpoint_path` (default:
     `out_path` + `.ckpt`) holds the state after each epoch; it is removed once `out_path` is
-    written.
+    written. `reuse_path`, if given, keeps a hard link to the finished model: a later call with
+    the same settings and inputs (the same run key) takes it from there instead of training.
     """
     method_spec = MethodSpec.parse(method, spec)
     method_def = method_spec.method()
     # the method's authors' settings first, then the user's training block and overrides
     cfg = TrainConfig.from_dict({**method_def.training_defaults, **params})
     method_params = method_def.make_params(method_spec.params)
-    if not dataset:
-        with open_h5(pairs_path) as pairs:
-            dataset = str(pairs.attrs.get("dataset", ""))
+    lineage = pairs_lineage(pairs_path)
+    if dataset and lineage["dataset"] and dataset != lineage["dataset"]:
+        raise MismatchError(f"training for dataset {dataset!r} was given {pairs_path}, "
+                            f"which is dataset {lineage['dataset']!r}")
+    dataset = dataset or lineage["dataset"]
+    check_features(pairs_path, lineage, features_path)
+    check_graph(pairs_path, lineage, graph_path)
+    run_log = _RunLog(log, {"run": f"{dataset} {method} {bits} bits seed {cfg.seed}"})
     torch.manual_seed(cfg.seed)
     data = load_split(pairs_path, features_path, "train", text=method_spec.text)
     validation = None
@@ -146,6 +172,9 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
         raise ValueError(f"{graph_path} has {graph.adjacency.shape[0]} labels, "
                          f"{pairs_path} has {data.labels.shape[1]}")
     n = data.labels.shape[0]
+    # what the run is trained on, for the run key: a checkpoint of other data is not resumed
+    inputs_sha256 = _digest(data.image, data.text, data.labels, graph.adjacency, graph.node_features,
+                            *((validation.image, validation.text, validation.labels) if validation else ()))
     data = TrainingData(*(t.to(device) for t in (data.image, data.text, data.labels)))
     model, objective = method_def.build(bits, cfg, method_params, data, graph)
     model = model.to(device)
@@ -161,7 +190,13 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
     checkpoint_path = Path(checkpoint_path or f"{out_path}.ckpt")
     on_gpu = str(device).startswith("cuda")
     run_key = {"method_spec": asdict(method_spec), "bits": bits, "config": asdict(cfg),
-               "method_params": asdict(method_params), "n_train": n}
+               "method_params": asdict(method_params), "n_train": n, "inputs_sha256": inputs_sha256}
+    if reuse_path is not None and Path(reuse_path).exists():
+        done = torch.load(reuse_path, map_location="cpu", weights_only=False)
+        if done.get("run_key") == run_key:
+            run_log.info("already trained with these settings and inputs: reusing %s", reuse_path)
+            _link(reuse_path, out_path)
+            return done
     if checkpoint_path.exists():
         ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
         if ckpt["run_key"] == run_key:
@@ -173,9 +208,9 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
             torch.set_rng_state(ckpt["rng_state"])
             if on_gpu and ckpt["cuda_rng_state"] is not None:
                 torch.cuda.set_rng_state_all(ckpt["cuda_rng_state"])
-            log.info("resuming from %s after epoch %d", checkpoint_path, start_epoch)
+            run_log.info("resuming from %s after epoch %d", checkpoint_path, start_epoch)
         else:
-            log.info("ignoring %s: it belongs to other settings", checkpoint_path)
+            run_log.info("ignoring %s: it belongs to other settings or inputs", checkpoint_path)
 
     # outputs and loss sums stay on the device: one host sync per epoch, not per batch
     h_image = torch.zeros(n, bits, device=device)
@@ -192,7 +227,8 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
                 scale = method_def.lr_scale(cfg, method_params, epoch + step / len(batches))
                 for opt, lrs in zip(optimizers, base_lrs):
                     for group, lr in zip(opt.param_groups, lrs):
-                        group["lr"] = lr * scale
+                        # a group may opt out of the schedule (DSPH's proxies: a constant rate)
+                        group["lr"] = lr * scale if group.get("scheduled", True) else lr
                 out = model(data.image[batch], data.text[batch])
                 terms = objective.loss(out, data.labels[batch], batch)
                 for opt in optimizers:
@@ -207,7 +243,9 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
         totals = {name: float(value) / n for name, value in sums.items()}
         epoch_stats = {name: float(value) for name, value in (objective.end_epoch(h_image, h_text) or {}).items()}
         if not all(math.isfinite(v) for v in totals.values()):
-            raise FloatingPointError(f"epoch {epoch + 1}: loss is not finite: {totals}")
+            raise FloatingPointError(
+                f"{run_log.extra['run']}, epoch {epoch + 1}: loss is not finite: {totals}. The "
+                "inputs were checked finite when loaded, so training diverged: try a lower lr")
         record = {"epoch": epoch + 1, "lr": method_def.lr_scale(cfg, method_params, epoch) * base_lrs[0][0],
                   **totals, **epoch_stats}
         if validation is not None:
@@ -217,7 +255,7 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
                         "state_dict": copy.deepcopy(model.state_dict())}
         record["seconds"] = time.perf_counter() - started
         history.append(record)
-        log.info("epoch %d/%d %s", epoch + 1, cfg.epochs,
+        run_log.info("epoch %d/%d %s", epoch + 1, cfg.epochs,
                  " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
         with atomic_output(checkpoint_path) as tmp:
             torch.save({"run_key": run_key, "state_dict": model.state_dict(),
@@ -241,8 +279,39 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
               "method": method, "method_spec": asdict(method_spec),
               "method_params": asdict(method_params), "dataset": dataset,
               "bits": bits, "epoch_selection": selection,
-              "inputs": training_inputs(pairs_path, features_path)}
+              "inputs": {**training_inputs(pairs_path, features_path),
+                         **{key: lineage[key] for key in ("split_sha256", "labels_sha256", "source_sha256")}},
+              "run_key": run_key,
+              "protocol": objective.protocol()}
     with atomic_output(out_path) as tmp:
         torch.save(result, tmp)
+    if reuse_path is not None:
+        _link(out_path, reuse_path)
     checkpoint_path.unlink(missing_ok=True)
     return result
+
+
+def _link(source, target) -> None:
+    """Make `target` the same file as `source` (a hard link; a copy where links are not possible)."""
+    with atomic_output(target) as tmp:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+
+class _RunLog(logging.LoggerAdapter):
+    """Every line of a training names its run (dataset, method, bits, seed): jobs run side by
+    side share the terminal."""
+
+    def process(self, msg, kwargs):
+        return f"{self.extra['run']}: {msg}", kwargs
+
+
+def _digest(*arrays) -> str:
+    """sha256 of arrays' shapes, dtypes and bytes."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a.numpy() if isinstance(a, torch.Tensor) else a)
+        h.update(f"{a.dtype}{a.shape}".encode() + a.tobytes())
+    return h.hexdigest()

@@ -253,3 +253,70 @@ def test_a_spec_without_model_takes_the_method_name():
     assert MethodSpec.parse("egath-cliptext", {"model": "egath", "text": "clip"}).model == "egath"
     with pytest.raises(ValueError, match="unknown method model 'mine'"):
         MethodSpec.parse("mine", {"text": "clip"})
+
+
+# --------------------------------------------------------------------------- the authors' optimisers
+
+def _head_model(model_name, bits=64):
+    from egath.methods import load_method
+    from egath.methods.base import HeadConfig
+    method = load_method(model_name)
+    cls = dchmt.DCHMT if model_name == "dchmt" else dsph.DSPH
+    return method, cls(HeadConfig(image_dim=32, text_dim=20, n_labels=5, bits=bits, hidden_dim=16))
+
+
+def test_dchmt_trains_with_its_authors_optimiser_and_init():
+    method, model = _head_model("dchmt")
+    cfg = training.TrainConfig.from_dict(dict(method.training_defaults, epochs=10))
+    assert (cfg.lr, cfg.weight_decay, cfg.batch_size) == (1e-3, 0.2, 64)  # utils/get_args.py
+    (opt,) = method.optimizers(model, cfg, method.make_params(None))
+    assert isinstance(opt, torch.optim.AdamW)
+    assert opt.defaults["betas"] == (0.9, 0.98) and opt.defaults["eps"] == 1e-6
+    assert [len(g["params"]) for g in opt.param_groups] == [4, 4]  # image net, text net
+    assert {g["lr"] for g in opt.param_groups} == {1e-3}
+    # each per-bit 2-way layer gets kaiming_uniform(fan_out=2): bound sqrt(3), not sqrt(3 / 64)
+    weight = model.image_net[1].fc.weight
+    assert weight.abs().max() <= math.sqrt(3) and weight.abs().max() > 0.9 * math.sqrt(3)
+    # warm-up over the first 10% of all steps, then cosine
+    params = method.make_params(None)
+    assert method.lr_scale(cfg, params, 0.5) == pytest.approx(0.5)  # half of the 1-epoch warm-up
+    assert method.lr_scale(cfg, params, 1.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.1)))
+    assert method.lr_scale(cfg, params, 9.999) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_dsph_trains_hash_layers_with_bert_adam_and_proxies_with_sgd():
+    method, model = _head_model("dsph")
+    cfg = training.TrainConfig.from_dict(dict(method.training_defaults, epochs=10))
+    heads, proxies = method.optimizers(model, cfg, method.make_params(None))
+    assert isinstance(heads, torch.optim.AdamW) and heads.defaults["weight_decay"] == 0.2
+    assert not any(p is model.proxies for g in heads.param_groups for p in g["params"])
+    assert isinstance(proxies, torch.optim.SGD)
+    (group,) = proxies.param_groups
+    assert group["params"] == [model.proxies]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.02, 0.9, 5e-4)
+    assert group["scheduled"] is False  # the proxies keep their rate while the heads warm up and decay
+    with pytest.raises(ValueError, match="has no parameters \\['beta'\\]"):
+        method.make_params({"beta": 1})
+
+
+def test_dsph_proxies_keep_a_constant_rate_in_training(separable_files, tmp_path, monkeypatch):
+    files = separable_files
+    seen = []
+    real_step = torch.optim.SGD.step
+
+    def record(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", record)
+    training.train(files["pairs"], files["features"], files["graph"], tmp_path / "m.pt", "dsph", BITS,
+                   {"epochs": 3, "batch_size": 32, "feature_dim": 16}, dataset="separable")
+    assert len(seen) == 3 * 2 and set(seen) == {0.02}  # 64 training pairs: two batches an epoch
+
+
+@pytest.mark.parametrize("bits, n_labels, zeta", [
+    # cells of DSPH's utils/codetable.xlsx (row = bits, column = ceil(log2 C))
+    (16, 4, -0.25), (16, 64, 0.25), (32, 4, -0.3125), (32, 8, -0.125), (32, 128, 0.125),
+    (64, 16, -0.03125), (64, 80, 0.0), (128, 4, -0.328125), (128, 16, -0.0625)])
+def test_proxy_threshold_matches_dsph_code_table(bits, n_labels, zeta):
+    assert dsph.proxy_threshold(bits, n_labels) == pytest.approx(zeta)

@@ -300,3 +300,43 @@ def test_orthonormal_projection_is_nearest():
 def test_orthonormal_projection_of_orthonormal_is_itself():
     q, _ = torch.linalg.qr(torch.randn(6, 2, dtype=torch.float64))
     torch.testing.assert_close(L.orthonormal_projection(q), q)
+
+
+def run_code_updates(variant, epochs=300, n=40, bits=8, c=4, seed=0):
+    """`epochs` B updates with fixed network outputs H_I, H_T, as at the end of a training that
+    has settled: returns the multiplier's RMS and the share of flipped bits per update."""
+    g = torch.Generator().manual_seed(seed)
+    labels = (torch.rand(n, c, generator=g) < 0.4).float()
+    h_i, h_t = torch.tanh(torch.randn(n, bits, generator=g)), torch.tanh(torch.randn(n, bits, generator=g))
+    state = L.CodeState.initial(n, bits, 0.01, g)
+    multiplier_rms, flips = [], []
+    for _ in range(epochs):
+        new = L.update_codes(state, labels, h_i, h_t, lam=1.0, mu=0.5, rho=1.05, variant=variant)
+        flips.append(float((new.codes != state.codes).float().mean()))
+        multiplier_rms.append(float(new.multiplier.pow(2).mean().sqrt()))
+        state = new
+    return multiplier_rms, flips
+
+
+def test_penalty_code_update_settles_over_300_epochs():
+    multiplier_rms, flips = run_code_updates("penalty")
+    assert max(multiplier_rms) == 0  # no multiplier to accumulate
+    assert sum(flips[-250:]) == 0  # B reaches a fixed point and stays there
+
+
+def test_gcdh_code_update_lets_the_multiplier_grow():
+    # the reason the default differs: B = C cannot hold (C has entries ~ 1/sqrt(N)), so D grows
+    multiplier_rms, flips = run_code_updates("gcdh", epochs=120)
+    assert multiplier_rms[-1] > 2.5 * multiplier_rms[40] > 0  # measured: 0.42 at 40, 1.23 at 120
+    assert sum(flips[-20:]) > 3 * sum(flips[20:40])  # and B flips more and more bits
+
+
+def test_penalty_code_update_pulls_towards_decorrelated_codes():
+    state, labels, _, _ = make_state(n=12, bits=4, c=3, seed=1)
+    new = L.update_codes(state, labels, torch.zeros(12, 4), torch.zeros(12, 4), lam=1.0, mu=0.5, rho=1.05,
+                         variant="penalty")
+    # C = sqrt(N) proj(B): on B's scale, with C^T C = N I
+    torch.testing.assert_close(new.auxiliary.T @ new.auxiliary, 12 * torch.eye(4), atol=1e-4, rtol=0)
+    assert new.gamma == state.gamma
+    with pytest.raises(ValueError, match="code_update"):
+        L.update_codes(state, labels, torch.zeros(12, 4), torch.zeros(12, 4), 1.0, 0.5, 1.05, variant="admm")

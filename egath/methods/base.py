@@ -48,6 +48,21 @@ def exponential_decay(cfg, params, progress: float) -> float:
     return (cfg.lr_min / cfg.lr) ** (math.floor(progress) / max(cfg.epochs, 1))
 
 
+def warmup_cosine(warmup: float, done: float) -> float:
+    """BERT's warmup_cosine schedule (DCHMT's and DSPH's BertAdam): done / warmup while the
+    share of training done is below `warmup`, then 0.5 (1 + cos(pi done))."""
+    return done / warmup if done < warmup else 0.5 * (1.0 + math.cos(math.pi * done))
+
+
+def bert_adam(param_groups, cfg) -> torch.optim.AdamW:
+    """The BertAdam of DCHMT and DSPH (model/optimization.py): Adam with weight decay added to
+    the update, betas (0.9, 0.98), eps 1e-6. torch's AdamW applies the same decoupled decay;
+    it bias-corrects the moments (BertAdam does not) and does not clip each tensor's gradient
+    to norm 1 (BertAdam does): docs/methods.md."""
+    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
+                             weight_decay=cfg.weight_decay)
+
+
 def trainable(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
@@ -93,6 +108,10 @@ class Objective:
     def end_epoch(self, h_image: torch.Tensor, h_text: torch.Tensor) -> dict | None:
         """Per-epoch updates; may return scalars to log in the history (e.g. how much B moved)."""
         return None
+
+    def protocol(self) -> dict:
+        """Settings that belong in every reported number (e.g. EGATH's code update variant)."""
+        return {}
 
     def state_dict(self) -> dict:
         return {}

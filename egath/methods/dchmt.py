@@ -7,15 +7,32 @@ the authors fine-tune. Differences from the authors' code: docs/methods.md.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from egath.methods.base import HeadConfig, Method, Rebuildable, StatelessObjective, label_similarity, trunk
+from egath.methods.base import (HeadConfig, Method, Rebuildable, StatelessObjective, bert_adam, label_similarity,
+                                trunk, warmup_cosine)
 
 DCHMT_VARTHETA = 0.5  # rate of error code: negatives are pushed to ~vartheta*K differing bits (DCHMT repo default)
 DCHMT_QUANTIZATION_WEIGHT = 1e-3  # quan_alpha of the author's later toolkit; the paper's select layer has none
+
+
+@dataclass(frozen=True)
+class DchmtParams:
+    vartheta: float = DCHMT_VARTHETA
+    quantization_weight: float = DCHMT_QUANTIZATION_WEIGHT
+    warmup_proportion: float = 0.1  # utils/get_args.py --warmup-proportion
+
+
+def kaiming_fan_out_(linear: nn.Linear, fan_out: int) -> None:
+    """DCHMT's weights_init_kaiming (model/hash_model.py): kaiming_uniform with mode fan_out,
+    zero bias, for a layer whose fan-out is `fan_out` (2 for each per-bit layer)."""
+    bound = math.sqrt(6.0 / fan_out)  # gain sqrt(2) (ReLU) * sqrt(3 / fan_out)
+    nn.init.uniform_(linear.weight, -bound, bound)
+    nn.init.zeros_(linear.bias)
 
 
 class SelectHash(nn.Module):
@@ -25,9 +42,9 @@ class SelectHash(nn.Module):
     def __init__(self, in_dim: int, bits: int):
         super().__init__()
         self.fc = nn.Linear(in_dim, 2 * bits)  # the K per-bit (in_dim -> 2) layers, stacked
-        # DCHMT's init: larger weights than PyTorch's default, so the choices start away from 1/2
-        nn.init.kaiming_uniform_(self.fc.weight, mode="fan_out")
-        nn.init.zeros_(self.fc.bias)
+        # initialised as K separate 2-way layers (fan-out 2 each), not as one layer of fan-out 2K,
+        # whose weights would be sqrt(K) times smaller
+        kaiming_fan_out_(self.fc, fan_out=2)
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.fc(f).unflatten(1, (-1, 2)), dim=-1)  # (B, K, 2)
@@ -46,6 +63,8 @@ class DCHMT(Rebuildable):
         self.cfg = cfg
         self.image_net = nn.Sequential(trunk(cfg.image_dim, cfg), SelectHash(cfg.hidden_dim, cfg.bits))
         self.text_net = nn.Sequential(trunk(cfg.text_dim, cfg), SelectHash(cfg.hidden_dim, cfg.bits))
+        for net in (self.image_net, self.text_net):  # the trunk plays DCHMT's fc (its LINEAR_EMBED layer)
+            kaiming_fan_out_(net[0][0], fan_out=cfg.hidden_dim)
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         return select_to_code(self.image_net(x))
@@ -59,8 +78,10 @@ class DCHMT(Rebuildable):
                 "p_image": p_image, "p_text": p_text}
 
     @classmethod
-    def build(cls, bits: int, cfg, data):
-        return cls(HeadConfig.for_data(bits, cfg, data)), StatelessObjective(dchmt_loss)
+    def build(cls, bits: int, cfg, params: DchmtParams, data):
+        def loss(out, labels):
+            return dchmt_loss(out, labels, params.vartheta, params.quantization_weight)
+        return cls(HeadConfig.for_data(bits, cfg, data)), StatelessObjective(loss)
 
 
 def dchmt_pair_loss(a: torch.Tensor, b: torch.Tensor, s: torch.Tensor, margin: float):
@@ -92,9 +113,22 @@ def dchmt_loss(out: dict[str, torch.Tensor], labels: torch.Tensor,
     return terms
 
 
+def optimizers(model: DCHMT, cfg, params: DchmtParams) -> list[torch.optim.Optimizer]:
+    """train/hash_train.py: BertAdam, lr 1e-3 for the hash layers (the CLIP it fine-tunes at 1e-5
+    is frozen here; the trunk in its place learns at the hash layers' rate), weight decay 0.2."""
+    return [bert_adam([{"params": model.image_net.parameters()}, {"params": model.text_net.parameters()}], cfg)]
+
+
+def lr_scale(cfg, params: DchmtParams, progress: float) -> float:
+    """warmup_cosine over all the steps of training (t_total = batches x epochs)."""
+    return warmup_cosine(params.warmup_proportion, progress / cfg.epochs)
+
+
 METHOD = Method(
     name="dchmt", kind="supervised", source="kalenforn/DCHMT",
     summary="selecting hash layer (2-way softmax per bit); Euclidean pair loss on the selection "
             "vectors over I-T, I-I, T-T with margin sqrt(2 K vartheta)",
-    build=lambda bits, cfg, params, data, graph: DCHMT.build(bits, cfg, data),
-    from_checkpoint=DCHMT.from_checkpoint)
+    build=lambda bits, cfg, params, data, graph: DCHMT.build(bits, cfg, params, data),
+    from_checkpoint=DCHMT.from_checkpoint, params=DchmtParams, optimizers=optimizers, lr_scale=lr_scale,
+    # utils/get_args.py: --lr 0.001, --weight-decay 0.2, --batch-size 64
+    training_defaults={"lr": 1e-3, "weight_decay": 0.2, "batch_size": 64})

@@ -7,15 +7,26 @@ the authors fine-tune. Differences from the authors' code: docs/methods.md.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from egath.methods.base import HeadConfig, Method, Rebuildable, StatelessObjective, label_similarity, trunk
+from egath.methods.base import (HeadConfig, Method, Rebuildable, StatelessObjective, bert_adam, label_similarity,
+                                trunk, warmup_cosine)
 
 DSPH_ALPHA = 0.8  # weight of the irrelevant-pair regularisation (DSPH repo default)
 DSPH_HASH_DROPOUT = 0.2  # dropout before tanh in DSPH's hash layer
+
+
+@dataclass(frozen=True)
+class DsphParams:
+    alpha: float = DSPH_ALPHA
+    warmup_proportion: float = 0.1  # utils/get_args.py --warmup-proportion
+    proxy_lr: float = 0.02  # train/hash_train.py: SGD of the HyP proxies, a constant rate
+    proxy_momentum: float = 0.9  # train/hash_train.py
+    proxy_weight_decay: float = 5e-4  # train/hash_train.py
 
 
 def _griesmer_distance(bits: int, k: int) -> int:
@@ -34,9 +45,11 @@ _BEST_KNOWN_DISTANCE = {(16, 6): 6, (32, 7): 14}
 def proxy_threshold(bits: int, n_labels: int) -> float:
     """zeta of HyP^2 / DSPH: the cosine between the two nearest of 2^k well-spread K-bit codes,
     k = ceil(log2 C): zeta = 1 - 2 d / K, d the minimum distance of the best binary linear
-    [K, k] code. DSPH reads it from a code table; here d comes from the Griesmer bound,
-    corrected where the bound is not attained. For k <= log2 K + 1 (MIRFlickr, NUS-WIDE at
-    16-64 bits, COCO at 64) d = K / 2 and zeta = 0."""
+    [K, k] code. DSPH reads it from a code table (utils/codetable.xlsx); here d comes from the
+    Griesmer bound, corrected where the bound is not attained. Checked against that table: the
+    same zeta at 16, 32, 64 and 128 bits for 2 to 128 labels (tests/test_baselines.py); the
+    bound overestimates d in some other cells (e.g. 8 bits, 17-32 labels). For k <= log2 K + 1
+    (MIRFlickr, NUS-WIDE at 16-64 bits, COCO at 64) d = K / 2 and zeta = 0."""
     k = max(1, math.ceil(math.log2(max(n_labels, 2))))
     d = _BEST_KNOWN_DISTANCE.get((bits, k), _griesmer_distance(bits, k))
     return 1 - 2 * d / bits
@@ -76,10 +89,10 @@ class DSPH(Rebuildable):
         return {"h_image": self.image_net(image), "h_text": self.text_net(text), "proxies": self.proxies}
 
     @classmethod
-    def build(cls, bits: int, cfg, data):
+    def build(cls, bits: int, cfg, params: DsphParams, data):
         model = cls(HeadConfig.for_data(bits, cfg, data))
         threshold = proxy_threshold(bits, data.labels.shape[1])
-        return model, StatelessObjective(lambda out, labels: dsph_loss(out, labels, threshold))
+        return model, StatelessObjective(lambda out, labels: dsph_loss(out, labels, threshold, params.alpha))
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -119,9 +132,25 @@ def dsph_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, threshold: flo
     return terms
 
 
+def optimizers(model: DSPH, cfg, params: DsphParams) -> list[torch.optim.Optimizer]:
+    """train/hash_train.py: BertAdam at lr 1e-3, weight decay 0.2 for the hash layers (the trunk,
+    standing in for the CLIP it fine-tunes at 1e-5, at the same rate) and SGD for the proxies."""
+    heads = bert_adam([{"params": model.image_net.parameters()}, {"params": model.text_net.parameters()}], cfg)
+    proxies = torch.optim.SGD([{"params": [model.proxies], "scheduled": False}], lr=params.proxy_lr,
+                              momentum=params.proxy_momentum, weight_decay=params.proxy_weight_decay)
+    return [heads, proxies]
+
+
+def lr_scale(cfg, params: DsphParams, progress: float) -> float:
+    """warmup_cosine over all the steps of training, for the hash layers (not the proxies)."""
+    return warmup_cosine(params.warmup_proportion, progress / cfg.epochs)
+
+
 METHOD = Method(
     name="dsph", kind="supervised", source="QinLab-WFU/DSPH",
     summary="tanh hash layer and learnable label proxies; cosine proxy loss with threshold zeta "
             "plus an irrelevant-pair term on multi-label samples",
-    build=lambda bits, cfg, params, data, graph: DSPH.build(bits, cfg, data),
-    from_checkpoint=DSPH.from_checkpoint)
+    build=lambda bits, cfg, params, data, graph: DSPH.build(bits, cfg, params, data),
+    from_checkpoint=DSPH.from_checkpoint, params=DsphParams, optimizers=optimizers, lr_scale=lr_scale,
+    # utils/get_args.py: --lr 0.001, --weight-decay 0.2, --batch-size 64
+    training_defaults={"lr": 1e-3, "weight_decay": 0.2, "batch_size": 64})
