@@ -9,6 +9,8 @@
         --param epochs=30 --param lr=1e-3
     egath encode model.pt results/demo/pairs.h5 results/demo/features.h5 codes.h5
     egath evaluate codes.h5 metrics.json
+    egath index model.pt index.h5 --collection results/demo/pairs.h5 --features results/demo/features.h5
+    egath search index.h5 --text "red circle" --k 10
 """
 from __future__ import annotations
 
@@ -86,6 +88,32 @@ def main(argv=None) -> None:
     p.add_argument("codes")
     p.add_argument("out")
 
+    p = sub.add_parser("index", help="model.pt + a collection -> a search index")
+    p.add_argument("model")
+    p.add_argument("out")
+    p.add_argument("--collection", required=True,
+                   help="a pairs.h5 (its database split is indexed) or a manifest.tsv of images and texts")
+    p.add_argument("--features", required=True,
+                   help="the features file the model was trained on (names the CLIP encoder)")
+    p.add_argument("--pairs", help="the pairs.h5 the model was trained on (its vocabulary); "
+                                   "default: the collection, when it is a pairs.h5")
+    p.add_argument("--labels", help="labels.txt of a manifest (default: beside it)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("search", help="the nearest items of an index to a text or an image")
+    p.add_argument("index")
+    query = p.add_mutually_exclusive_group(required=True)
+    query.add_argument("--text")
+    query.add_argument("--image")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--same-modality", action="store_true",
+                   help="rank the query's own modality (texts for a text) instead of the other")
+    p.add_argument("--model", help="the model file (default: the one the index records)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--device", default="cpu")
+
     args = parser.parse_args(argv)
     setup_logging()
     if args.command == "synthetic":
@@ -119,6 +147,38 @@ def main(argv=None) -> None:
     elif args.command == "evaluate":
         from egath.metrics import write_metrics
         write_metrics(args.codes, args.out, protocol={})
+    elif args.command in ("index", "search"):
+        try:
+            _index_or_search(args)
+        except (ValueError, OSError, KeyError) as e:  # bad input: the message names it
+            parser.exit(1, f"egath {args.command}: {e}\n")
+
+
+def _index_or_search(args) -> None:
+    from egath.search import build_index, search
+    if args.command == "index":
+        from egath.devices import select_device
+        manifest = None if args.collection.endswith(".h5") else args.collection
+        if manifest is not None and args.pairs is None:
+            raise FileNotFoundError("a manifest collection needs --pairs, the pairs.h5 the model was "
+                                    "trained on (its vocabulary)")
+        build_index(args.model, args.out, pairs=args.pairs or args.collection, features=args.features,
+                    manifest=manifest, labels=args.labels, device=select_device(args.device),
+                    batch_size=args.batch_size, num_workers=args.num_workers)
+        return
+    result = search(args.index, text=args.text, image=args.image, k=args.k,
+                    same_modality=args.same_modality, model=args.model, device=args.device)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        return
+    query = f"text {args.text!r}" if args.text is not None else f"image {args.image}"
+    print(f"{query}: the {len(result.hits)} nearest {result.searched}s of {result.n} "
+          f"(Hamming distance over {result.bits} bits)")
+    if result.unknown_words:
+        print(f"(not in the vocabulary, ignored: {' '.join(result.unknown_words)})")
+    for hit in result.hits:
+        shown = hit.image if result.searched == "image" else hit.text
+        print(f"{hit.rank:4d}  {hit.distance:3d}  {hit.id}  {shown}")
 
 
 if __name__ == "__main__":
