@@ -1,6 +1,7 @@
 """Hash codes of the query and database sets of both modalities, from a trained model."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import h5py
@@ -8,9 +9,12 @@ import numpy as np
 import torch
 
 from egath.io import atomic_output
+from egath.lineage import check_model, pairs_lineage
 from egath.methods.base import binarize
 from egath.methods import MethodSpec, model_from_checkpoint
 from egath.training import load_split
+
+log = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
@@ -21,8 +25,12 @@ def _codes(encode, x: torch.Tensor, batch_size: int, device: str) -> np.ndarray:
 
 def encode_dataset(model_path, pairs_path, features_path, out_path, device: str = "cpu",
                    batch_size: int = 1024) -> Path:
-    """Write `codes.h5`: sign(h) for query and database, image and text (docs/formats.md)."""
+    """Write `codes.h5`: sign(h) for query and database, image and text (docs/formats.md).
+
+    A model trained on other data (dataset, split, label set, source rows, CLIP encoder) than
+    `pairs_path` and `features_path` is refused (egath.lineage.MismatchError)."""
     ckpt = torch.load(model_path, map_location="cpu", weights_only=False)
+    check_model(model_path, ckpt, pairs_path, pairs_lineage(pairs_path), features_path)
     model = model_from_checkpoint(ckpt).to(device).eval()
     with atomic_output(out_path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs.update(dataset=ckpt["dataset"], method=ckpt["method"], bits=ckpt["bits"],
@@ -32,4 +40,6 @@ def encode_dataset(model_path, pairs_path, features_path, out_path, device: str 
             f.create_dataset(f"{split}/image", data=_codes(model.encode_image, data.image, batch_size, device))
             f.create_dataset(f"{split}/text", data=_codes(model.encode_text, data.text, batch_size, device))
             f.create_dataset(f"{split}/labels", data=data.labels.numpy().astype(np.uint8))
+            log.info("%s %s %d bits: %d %s codes of each modality", ckpt["dataset"], ckpt["method"],
+                     ckpt["bits"], len(data.labels), split)
     return Path(out_path)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import hashlib
 import json
 import os
 import signal
@@ -37,7 +36,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from egath.io import check_finite, files_digest, open_h5
+from egath.io import check_finite, files_digest, open_h5, strings_digest
 from egath.naming import looks_like_path, normalise_pretrained
 
 __all__ = [
@@ -227,16 +226,6 @@ def _check_image_files(paths, ids, pairs_h5: Path) -> None:
             f"{len(problems)} image path(s) listed in {str(pairs_h5)!r} are not image files "
             f"(paths are opened relative to {os.getcwd()!r}): {shown}{more}"
         )
-
-
-def strings_digest(*lists) -> str:
-    h = hashlib.sha256()
-    for lst in lists:
-        h.update(f"[{len(lst)}]".encode())
-        for s in lst:
-            b = s.encode("utf-8")
-            h.update(len(b).to_bytes(8, "little") + b)
-    return h.hexdigest()
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

@@ -12,7 +12,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from egath.io import atomic_output, open_h5, string_array
+from egath.io import atomic_output, check_finite, open_h5, string_array
+from egath.lineage import pairs_lineage
 
 
 @dataclass
@@ -41,7 +42,9 @@ def clip_label_embeddings(features_path) -> tuple[np.ndarray, str]:
     with open_h5(features_path, ("label_text",)) as features:
         source = (f"CLIP text encoder {features.attrs.get('model', '?')} "
                   f"({features.attrs.get('pretrained', '?')}) on the label names, {features_path}")
-        return features["label_text"][:].astype(np.float32), source
+        embeddings = features["label_text"][:].astype(np.float32)
+    check_finite(embeddings, f"{features_path}: label_text")
+    return embeddings, source
 
 
 def label_words(name: str) -> list[str]:
@@ -79,7 +82,10 @@ def glove_label_embeddings(glove_path, label_names: list[str]) -> tuple[np.ndarr
 
 def build_graph(pairs_path, out_path, threshold: float, node_features: np.ndarray,
                 node_features_source: str) -> LabelGraph:
-    """Write `graph.h5` from the training labels of `pairs.h5` and label-name embeddings."""
+    """Write `graph.h5` from the training labels of `pairs.h5` and label-name embeddings.
+
+    It records the dataset, split and label set of `pairs.h5` (egath.lineage), so that a
+    graph is never used with pairs it was not built from."""
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"cooccurrence threshold must be in (0, 1], got {threshold}")
     with open_h5(pairs_path, ("labels", "label_names", "split/train")) as pairs:
@@ -89,9 +95,12 @@ def build_graph(pairs_path, out_path, threshold: float, node_features: np.ndarra
     if node_features.shape[0] != len(label_names):
         raise ValueError(f"{node_features.shape[0]} label embeddings ({node_features_source}) for "
                          f"{len(label_names)} labels in {pairs_path}")
+    check_finite(node_features, f"label embeddings ({node_features_source})")
     counts, conditional, adjacency = cooccurrence_graph(labels, threshold)
+    lineage = pairs_lineage(pairs_path)
     with atomic_output(out_path) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs.update(threshold=threshold, node_features_source=node_features_source)
+        f.attrs.update(threshold=threshold, node_features_source=node_features_source,
+                       **{key: lineage[key] for key in ("dataset", "split_sha256", "labels_sha256")})
         f.create_dataset("cooccurrence", data=counts)
         f.create_dataset("conditional", data=conditional)
         f.create_dataset("adjacency", data=adjacency)
@@ -102,8 +111,10 @@ def build_graph(pairs_path, out_path, threshold: float, node_features: np.ndarra
 
 def load_graph(path: str | Path) -> LabelGraph:
     with open_h5(path, ("cooccurrence", "conditional", "adjacency", "node_features", "label_names")) as f:
-        return LabelGraph(f["cooccurrence"][:], f["conditional"][:], f["adjacency"][:],
-                          f["node_features"][:], string_array(f["label_names"][:]))
+        graph = LabelGraph(f["cooccurrence"][:], f["conditional"][:], f["adjacency"][:],
+                           f["node_features"][:], string_array(f["label_names"][:]))
+    check_finite(graph.node_features, f"{path}: node_features")
+    return graph
 
 
 def read_label_names(pairs_path) -> list[str]:

@@ -68,6 +68,17 @@ def check_finite(array: np.ndarray, what: str, rows: Sequence[int] | None = None
     raise ValueError(f"{what} holds NaN or inf in {bad.size} row(s): {named}{more}; {hint}")
 
 
+def strings_digest(*lists) -> str:
+    """sha256 of lists of strings, each string length-prefixed (no separator can collide)."""
+    h = hashlib.sha256()
+    for lst in lists:
+        h.update(f"[{len(lst)}]".encode())
+        for s in lst:
+            b = s.encode("utf-8")
+            h.update(len(b).to_bytes(8, "little") + b)
+    return h.hexdigest()
+
+
 def files_digest(paths: Sequence[str]) -> str:
     """sha256 over each file's path, size and modification time (ns); a missing file counts too.
 

@@ -9,6 +9,7 @@ from egath.features import extract_features
 
 torch.set_num_threads(snakemake.threads)
 params = dict(snakemake.params)
+params.pop("images")  # the image files' digest: changes rerun this job, extraction reads them itself
 extract_features(
     snakemake.input.pairs,
     snakemake.output.features,

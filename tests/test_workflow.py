@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -179,3 +180,37 @@ def test_lint_is_clean():
         result = subprocess.run([str(SNAKEMAKE), "--lint", *args], cwd=REPO, capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "Lints for" not in result.stdout + result.stderr
+
+
+def test_a_replaced_image_reruns_its_feature_extraction(demo_run, tmp_path):
+    """An image fixed or replaced in place is noticed: its features are extracted again."""
+    workdir, config = demo_run
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy, symlinks=True)
+    features = "results/tiny/features/egath-tiny-vit_none.h5"
+    with h5py.File(copy / "results/tiny/pairs.h5") as f:
+        first, second = f["image_paths"].asstr()[:2]
+    with h5py.File(copy / features) as f:
+        assert not np.array_equal(f["image"][0], f["image"][1])
+    shutil.copyfile(copy / second, copy / first)  # row 0 now shows row 1's image
+
+    plan = snakemake(copy, "-n", features, config=config)
+    assert planned_jobs(plan) == {"extract_features": 1}
+    assert re.search(r"params have changed since last execution:\s+extract_features", plan.stdout + plan.stderr)
+    snakemake(copy, "--cores", "1", features, config=config)
+    with h5py.File(copy / features) as f:
+        assert np.array_equal(f["image"][0], f["image"][1])
+    assert "Nothing to be done" in snakemake(copy, "-n", features, config=config).stdout
+
+
+@pytest.mark.parametrize("methods, key", [
+    ({"mine": {"model": "egath-typo"}}, "methods.mine.model"),
+    ({"egath": {}, "egath-x": {}}, "methods.egath-x.model"),  # no model: the name is the model
+])
+def test_unknown_method_model_stops_the_dry_run_before_any_job(tmp_path, methods, key):
+    config = write_config(tmp_path / "bad.yaml", {**TINY_CONFIG, "methods": methods})
+    result = snakemake(tmp_path, "-n", config=config, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert key in output and "unknown method model" in output
+    assert "Job stats" not in output and not (tmp_path / "results").exists()

@@ -1,0 +1,99 @@
+"""Which files belong together: pairs.h5, a features file, graph.h5 and model.pt each carry
+facts of what they were made from, and a file that does not belong with the others is refused
+with both files named and what differs (dataset, split, label set, source rows, encoder).
+
+The facts of pairs.h5 are computed from its datasets when it is read, so a pairs.h5 of any
+version can be checked; the other files record theirs when they are written (features:
+`source_sha256`, `dataset`; graph.h5: `dataset`, `split_sha256`, `labels_sha256`; model.pt:
+`inputs`). A fact a file does not record (written before it was recorded) is not compared.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from egath.io import open_h5, string_array, strings_digest
+from egath.provenance import encoder_of, pairs_facts
+
+SPLITS = ("query", "database", "train")
+
+
+class MismatchError(ValueError):
+    """Two files that must come from the same data do not."""
+
+
+def split_digest(splits: dict) -> str:
+    """sha256 of the query, database and train row numbers."""
+    h = hashlib.sha256()
+    for name in SPLITS:
+        rows = np.ascontiguousarray(splits[name], dtype=np.int64)
+        h.update(f"{name}[{rows.size}]".encode() + rows.tobytes())
+    return h.hexdigest()
+
+
+def pairs_lineage(pairs_path) -> dict:
+    """dataset, vocabulary, split, label-set and source-row digests and the row count of a pairs.h5."""
+    with open_h5(pairs_path, ("image_paths", "texts", "label_names",
+                              *(f"split/{s}" for s in SPLITS))) as f:
+        paths, texts = string_array(f["image_paths"][()]), string_array(f["texts"][()])
+        labels = string_array(f["label_names"][()])
+        splits = {name: f[f"split/{name}"][()] for name in SPLITS}
+    return {**pairs_facts(pairs_path), "rows": len(paths), "split_sha256": split_digest(splits),
+            "labels_sha256": strings_digest(labels),
+            # what a features file was extracted from (egath.features records the same digest)
+            "source_sha256": strings_digest(paths, texts, labels)}
+
+
+def features_lineage(features_path) -> dict:
+    with open_h5(features_path, ("image",)) as f:
+        return {"dataset": _attr(f, "dataset"), "source_sha256": _attr(f, "source_sha256"),
+                "rows": f["image"].shape[0], "encoder": encoder_of(features_path)}
+
+
+def graph_lineage(graph_path) -> dict:
+    with open_h5(graph_path, ("label_names",)) as f:
+        return {"dataset": _attr(f, "dataset"), "split_sha256": _attr(f, "split_sha256"),
+                "labels_sha256": strings_digest(string_array(f["label_names"][()]))}
+
+
+def model_lineage(ckpt: dict) -> dict:
+    """What a loaded model.pt says it was trained on."""
+    return {"dataset": ckpt["dataset"], **ckpt.get("inputs", {})}
+
+
+def check(a_path, a: dict, b_path, b: dict, keys) -> None:
+    """Raise MismatchError naming both files and each of `keys` on which their facts differ
+    (a fact one of them does not record is not compared)."""
+    found = [f"{key}: {a[key]} in {a_path}, {b[key]} in {b_path}" for key in keys
+             if a.get(key) not in (None, "") and b.get(key) not in (None, "") and str(a[key]) != str(b[key])]
+    if found:
+        raise MismatchError(f"{a_path} does not belong with {b_path}: " + "; ".join(found)
+                            + ". Rebuild the one that is out of date (delete it and run again)")
+
+
+def check_features(pairs_path, pairs: dict, features_path) -> dict:
+    """Refuse a features file extracted from other pairs; returns its facts."""
+    features = features_lineage(features_path)
+    check(features_path, features, pairs_path, pairs, ("dataset", "rows", "source_sha256"))
+    return features
+
+
+def check_graph(pairs_path, pairs: dict, graph_path) -> None:
+    """Refuse a graph.h5 built from another dataset, split or label set."""
+    check(graph_path, graph_lineage(graph_path), pairs_path, pairs,
+          ("dataset", "split_sha256", "labels_sha256"))
+
+
+def check_model(model_path, ckpt: dict, pairs_path, pairs_path_facts: dict, features_path) -> None:
+    """Refuse a model.pt trained on other data than these pairs and features."""
+    model = model_lineage(ckpt)
+    features = check_features(pairs_path, pairs_path_facts, features_path)
+    check(model_path, model, pairs_path, pairs_path_facts,
+          ("dataset", "split_sha256", "labels_sha256", "vocabulary_sha256", "source_sha256"))
+    check(model_path, model, features_path, features, ("encoder",))
+
+
+def _attr(f, key: str) -> str:
+    value = f.attrs.get(key, "")
+    return value.decode() if isinstance(value, bytes) else str(value)
