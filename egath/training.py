@@ -14,6 +14,8 @@ import copy
 import hashlib
 import logging
 import math
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -138,13 +140,14 @@ def validation_map(model, validation: TrainingData, device: str) -> float:
 
 def train(pairs_path, features_path, graph_path, out_path, method: str, bits: int,
           params: dict, checkpoint_path=None, device: str = "cpu", dataset: str = "",
-          spec: dict | None = None) -> dict:
+          spec: dict | None = None, reuse_path=None) -> dict:
     """Train one method and write its self-describing checkpoint to `out_path`.
 
     `method` names the run; `spec` (model, text input) defaults to the method name read as a
     model name; `dataset` defaults to the name pairs.h5 carries. `checkpoint_path` (default:
     `out_path` + `.ckpt`) holds the state after each epoch; it is removed once `out_path` is
-    written.
+    written. `reuse_path`, if given, keeps a hard link to the finished model: a later call with
+    the same settings and inputs (the same run key) takes it from there instead of training.
     """
     method_spec = MethodSpec.parse(method, spec)
     method_def = method_spec.method()
@@ -188,6 +191,12 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
     on_gpu = str(device).startswith("cuda")
     run_key = {"method_spec": asdict(method_spec), "bits": bits, "config": asdict(cfg),
                "method_params": asdict(method_params), "n_train": n, "inputs_sha256": inputs_sha256}
+    if reuse_path is not None and Path(reuse_path).exists():
+        done = torch.load(reuse_path, map_location="cpu", weights_only=False)
+        if done.get("run_key") == run_key:
+            run_log.info("already trained with these settings and inputs: reusing %s", reuse_path)
+            _link(reuse_path, out_path)
+            return done
     if checkpoint_path.exists():
         ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
         if ckpt["run_key"] == run_key:
@@ -218,7 +227,8 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
                 scale = method_def.lr_scale(cfg, method_params, epoch + step / len(batches))
                 for opt, lrs in zip(optimizers, base_lrs):
                     for group, lr in zip(opt.param_groups, lrs):
-                        group["lr"] = lr * scale
+                        # a group may opt out of the schedule (DSPH's proxies: a constant rate)
+                        group["lr"] = lr * scale if group.get("scheduled", True) else lr
                 out = model(data.image[batch], data.text[batch])
                 terms = objective.loss(out, data.labels[batch], batch)
                 for opt in optimizers:
@@ -270,11 +280,24 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
               "method_params": asdict(method_params), "dataset": dataset,
               "bits": bits, "epoch_selection": selection,
               "inputs": {**training_inputs(pairs_path, features_path),
-                         **{key: lineage[key] for key in ("split_sha256", "labels_sha256", "source_sha256")}}}
+                         **{key: lineage[key] for key in ("split_sha256", "labels_sha256", "source_sha256")}},
+              "run_key": run_key,
+              "protocol": objective.protocol()}
     with atomic_output(out_path) as tmp:
         torch.save(result, tmp)
+    if reuse_path is not None:
+        _link(out_path, reuse_path)
     checkpoint_path.unlink(missing_ok=True)
     return result
+
+
+def _link(source, target) -> None:
+    """Make `target` the same file as `source` (a hard link; a copy where links are not possible)."""
+    with atomic_output(target) as tmp:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
 
 
 class _RunLog(logging.LoggerAdapter):
