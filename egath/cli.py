@@ -176,6 +176,7 @@ def _index_or_search(args) -> None:
           f"(Hamming distance over {result.bits} bits)")
     if result.unknown_words:
         print(f"(not in the vocabulary, ignored: {' '.join(result.unknown_words)})")
+    print(f"rank  dist  id  {result.searched}")
     for hit in result.hits:
         shown = hit.image if result.searched == "image" else hit.text
         print(f"{hit.rank:4d}  {hit.distance:3d}  {hit.id}  {shown}")
