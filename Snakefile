@@ -4,10 +4,10 @@
 # results/{dataset}/pairs.h5                       ids, images, texts, labels, bag-of-words, splits
 # results/{dataset}/features/{encoder}.h5          cached CLIP features
 # results/{dataset}/graph.h5                       label co-occurrence graph and node features
-# results/{dataset}/{method}/{bits}/model.pt       one trained model
-# results/{dataset}/{method}/{bits}/codes.h5       query and database hash codes
-# results/{dataset}/{method}/{bits}/metrics.json   mAP, precision-recall, precision@N
-# results/tables/map.{csv,md,tex}                  all runs in one table
+# results/{dataset}/{method}/{bits}/seed{seed}/model.pt       one trained model per seed
+# results/{dataset}/{method}/{bits}/seed{seed}/codes.h5       query and database hash codes
+# results/{dataset}/{method}/{bits}/seed{seed}/metrics.json   mAP, precision-recall, precision@N
+# results/tables/map.{csv,md,tex}                  all runs in one table, mean ± std over seeds
 # results/figures/{pr,topn}_{dataset}_{bits}.{png,pdf}
 
 from snakemake.utils import min_version
@@ -26,7 +26,6 @@ include: "rules/data.smk"
 include: "rules/features.smk"
 include: "rules/graph.smk"
 include: "rules/train.smk"
-include: "rules/evaluate.smk"
 include: "rules/report.smk"
 
 

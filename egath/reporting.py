@@ -21,7 +21,11 @@ COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#0
            "#F0E442")
 LINESTYLES = ("-", "--", "-.", ":")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-CSV_COLUMNS = ("dataset", "method", "bits", "task", "map", "map_tie_aware", "map_random_codes")
+# map.csv: one row per seed, then one aggregate row (seed "mean") per dataset x method x bits x task
+CSV_COLUMNS = ("dataset", "method", "bits", "task", "seed", "n_seeds", "map", "map_std", "map_tie_aware",
+               "map_random_codes")
+PROTOCOL_COLUMNS = ("n_query", "n_database", "n_train", "split_seed", "map_kind", "tie_rule",
+                    "epoch_selection", "code_update")
 CHANCE_ROW = "random codes"
 DAGGER = "†"
 
@@ -39,17 +43,63 @@ def collect_metrics(paths) -> list[dict]:
 
 # --------------------------------------------------------------------------- tables
 
+def _seed(m) -> int:
+    return int(m.get("protocol", {}).get("training_seed", 0))
+
+
+def _protocol(m) -> dict:
+    p = m.get("protocol", {})
+    return {"n_query": p.get("n_query", ""), "n_database": p.get("n_database", ""),
+            "n_train": p.get("n_train", ""), "split_seed": p.get("split_seed", ""),
+            "map_kind": p.get("map", "mAP@all"), "tie_rule": p.get("tie_rule", ""),
+            "epoch_selection": p.get("epoch_selection", ""), "code_update": p.get("code_update", "")}
+
+
 def _rows(metrics) -> list[dict]:
+    """One row per dataset x method x bits x task x seed."""
     rows, seen = [], set()
     for m in metrics:
         for task, values in m["tasks"].items():
-            key = (m["dataset"], m["method"], int(m["bits"]), task)
+            key = (m["dataset"], m["method"], int(m["bits"]), task, _seed(m))
             if key in seen:
                 raise ValueError(f"duplicate metrics for {key}")
             seen.add(key)
-            rows.append(dict(zip(CSV_COLUMNS, (*key, float(values["map"]), float(values["map_tie_aware"]),
-                                               float(values["map_random_codes"])))))
-    return sorted(rows, key=lambda r: (r["dataset"], r["method"], r["bits"], r["task"]))
+            rows.append({**dict(zip(CSV_COLUMNS[:5], key)), "n_seeds": 1, "map": float(values["map"]),
+                         "map_std": "", "map_tie_aware": float(values["map_tie_aware"]),
+                         "map_random_codes": float(values["map_random_codes"]), **_protocol(m)})
+    return sorted(rows, key=lambda r: (r["dataset"], r["method"], r["bits"], r["task"], r["seed"]))
+
+
+def _std(values) -> float:
+    """Sample standard deviation (0 for a single seed)."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean = sum(values) / n
+    return (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
+
+
+def _aggregate(rows) -> list[dict]:
+    """Mean and standard deviation over seeds of each dataset x method x bits x task."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["method"], r["bits"], r["task"]), []).append(r)
+    out = []
+    for key, group in groups.items():
+        maps = [r["map"] for r in group]
+        protocol = {c: group[0][c] for c in PROTOCOL_COLUMNS}
+        if len({r["epoch_selection"] for r in group}) > 1:
+            protocol["epoch_selection"] = "per seed (see seed rows)"
+        out.append({**dict(zip(CSV_COLUMNS[:4], key)), "seed": "mean", "n_seeds": len(group),
+                    "map": sum(maps) / len(maps), "map_std": _std(maps),
+                    "map_tie_aware": sum(r["map_tie_aware"] for r in group) / len(group),
+                    "map_random_codes": sum(r["map_random_codes"] for r in group) / len(group),
+                    **protocol})
+    return out
+
+
+def _csv_value(key, value):
+    return f"{value:.6f}" if isinstance(value, float) else value
 
 
 def _write_text(path, text: str) -> None:
@@ -67,71 +117,85 @@ def _latex_escape(text: str) -> str:
 def write_map_table(metrics, csv_path, md_path, tex_path, reference=None) -> list[dict]:
     """Write the mAP table as CSV (long format) plus Markdown and LaTeX pivot tables.
 
-    map.csv: one row per dataset x method x bits x task of `metrics`, sorted, with columns
-    dataset, method, bits, task, map, map_tie_aware, map_random_codes (measured results only;
-    the last is the chance level of random codes on the same sets).
-    Markdown / LaTeX (booktabs): rows = methods, columns = dataset x task x bits; the best
-    measured value of each column is bold, and a "random codes" row gives the chance level.
-    `reference` is an optional list of dicts
-    {dataset, method, bits, task, map, source}: published numbers, shown as extra rows with the
-    method name marked by a dagger and a footnote naming the source; they are never bold.
-    Returns the CSV rows.
+    map.csv: one row per dataset x method x bits x task x training seed, then one aggregate row
+    (seed "mean": mean and sample std over the seeds, n_seeds) per dataset x method x bits x
+    task; every row carries its protocol (set sizes, split seed, mAP kind, tie rule, epoch
+    selection, code update). map_random_codes is the chance level of random codes on the same sets.
+    Markdown / LaTeX (booktabs): rows = methods, columns = dataset x task x bits, cells =
+    mean ± std over seeds; the best mean of a column is bold only where it exceeds the next
+    best by more than the larger of their standard deviations. A "random codes" row gives the
+    chance level. `reference` is an optional list of dicts {dataset, method, bits, task, map,
+    source}: published numbers, shown as extra rows with the method name marked by a dagger and
+    a footnote naming the source; they are never bold.
+    Returns the aggregate rows.
     """
     rows = _rows(metrics)
+    aggregate = _aggregate(rows)
+    columns_csv = CSV_COLUMNS + PROTOCOL_COLUMNS
     with atomic_output(csv_path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, lineterminator="\n")
+            writer = csv.DictWriter(fh, fieldnames=columns_csv, lineterminator="\n")
             writer.writeheader()
-            writer.writerows({**r, **{key: f"{r[key]:.6f}" for key in CSV_COLUMNS[4:]}} for r in rows)
+            writer.writerows({k: _csv_value(k, r[k]) for k in columns_csv} for r in rows + aggregate)
 
     reference = list(reference or [])
-    columns = sorted({(r["dataset"], r["task"], r["bits"]) for r in rows}
+    columns = sorted({(r["dataset"], r["task"], r["bits"]) for r in aggregate}
                      | {(r["dataset"], r["task"], int(r["bits"])) for r in reference},
                      key=lambda c: (c[0], TASKS.index(c[1]) if c[1] in TASKS else 9, c[2]))
-    measured = {(r["method"], r["dataset"], r["task"], r["bits"]): r["map"] for r in rows}
-    methods = sorted({r["method"] for r in rows})
+    measured = {(r["method"], r["dataset"], r["task"], r["bits"]): (r["map"], r["map_std"]) for r in aggregate}
+    methods = sorted({r["method"] for r in aggregate})
+    n_seeds = sorted({r["n_seeds"] for r in aggregate})
     ref_values, sources = {}, {}
     for r in reference:
-        ref_values[(r["method"], r["dataset"], r["task"], int(r["bits"]))] = float(r["map"])
+        ref_values[(r["method"], r["dataset"], r["task"], int(r["bits"]))] = (float(r["map"]), None)
         sources.setdefault(r["method"], [])
         if r["source"] not in sources[r["method"]]:
             sources[r["method"]].append(r["source"])
     ref_methods = sorted(sources)
 
-    def fmt(v):
-        return f"{v:.4f}"
+    def bold_method(col):
+        """The method whose mean beats the next best by more than either's std, if any."""
+        ranked = sorted(((measured[(m, *col)], m) for m in methods if (m, *col) in measured), reverse=True)
+        if not ranked:
+            return None
+        if len(ranked) == 1:
+            return ranked[0][1]
+        (best, best_std), m = ranked[0]
+        (second, second_std), _ = ranked[1]
+        return m if best - second > max(best_std, second_std) else None
 
-    # bold = the best value as printed, so equal printed values are all bold
-    best = {}
-    for col in columns:
-        vals = [fmt(measured[(m, *col)]) for m in methods if (m, *col) in measured]
-        best[col] = max(vals, key=float) if vals else None
-
-    table = []  # (name, is_reference, [cell or None], [bold flags])
+    bold = {col: bold_method(col) for col in columns}
+    table = []  # (name, is_reference, [(mean, std) or None], [bold flags])
     for m in methods:
         cells = [measured.get((m, *col)) for col in columns]
-        table.append((m, False, cells,
-                      [v is not None and fmt(v) == best[col] for v, col in zip(cells, columns)]))
-    chance = {(r["dataset"], r["task"], r["bits"]): r["map_random_codes"] for r in rows}
+        table.append((m, False, cells, [bold[col] == m for col in columns]))
+    chance = {(r["dataset"], r["task"], r["bits"]): (r["map_random_codes"], None) for r in aggregate}
     table.append((CHANCE_ROW, True, [chance.get(col) for col in columns], [False] * len(columns)))
     for m in ref_methods:
-        table.append((m, True, [ref_values.get((m, *col)) for col in columns],
-                      [False] * len(columns)))
+        table.append((m, True, [ref_values.get((m, *col)) for col in columns], [False] * len(columns)))
+    seeds_text = " or ".join(str(n) for n in n_seeds)
     notes = [f"{CHANCE_ROW}: uniformly random codes on the same query and database sets "
              "(chance level), not a method"]
     notes += [f"{m}: reported in {'; '.join(sources[m])}, different protocol" for m in ref_methods]
+    caption = (f"mAP@all, ties by database index; mean ± std over {seeds_text} training seed(s); "
+               "bold: best mean, ahead of the next by more than either's std")
 
-    _write_text(md_path, _markdown(table, columns, notes, fmt))
-    _write_text(tex_path, _latex(table, columns, notes, fmt))
-    return rows
+    _write_text(md_path, _markdown(table, columns, notes, caption))
+    _write_text(tex_path, _latex(table, columns, notes, caption))
+    return aggregate
 
 
-def _markdown(table, columns, notes, fmt) -> str:
+def _fmt(cell, plus_minus: str = "±") -> str:
+    mean, std = cell
+    return f"{mean:.4f}" if not std else f"{mean:.4f} {plus_minus} {std:.4f}"
+
+
+def _markdown(table, columns, notes, caption) -> str:
     head = ["method"] + [f"{d} {t} {b}" for d, t, b in columns]
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * len(columns)]
+    out = [caption + ".", "", "| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * len(columns)]
     for name, is_ref, cells, bold in table:
         label = f"{name}{DAGGER}" if is_ref else name
-        shown = ["–" if v is None else (f"**{fmt(v)}**" if b else fmt(v))
+        shown = ["–" if v is None else (f"**{_fmt(v)}**" if b else _fmt(v))
                  for v, b in zip(cells, bold)]
         out.append("| " + " | ".join([label] + shown) + " |")
     text = "\n".join(out) + "\n"
@@ -151,7 +215,7 @@ def _spans(keys):
     return runs
 
 
-def _latex(table, columns, notes, fmt) -> str:
+def _latex(table, columns, notes, caption) -> str:
     n = len(columns)
     out = [r"\begin{tabular}{l" + "r" * n + "}", r"\toprule"]
     for level in (1, 2):  # dataset row, then dataset x task row (spanning the bits)
@@ -172,11 +236,12 @@ def _latex(table, columns, notes, fmt) -> str:
             out.append(r"\midrule")
             first_ref = False
         label = _latex_escape(name) + (r"\textsuperscript{\dag}" if is_ref else "")
-        shown = ["--" if v is None else (rf"\textbf{{{fmt(v)}}}" if b else fmt(v))
-                 for v, b in zip(cells, bold)]
+        shown = ["--" if v is None else _fmt(v, r"$\pm$") for v in cells]
+        shown = [rf"\textbf{{{v}}}" if b else v for v, b in zip(shown, bold)]
         out.append(" & ".join([label] + shown) + r" \\")
     out.append(r"\bottomrule")
     out.append(r"\end{tabular}")
+    out.append(r"\par\smallskip\footnotesize " + _latex_escape(caption).replace("±", r"$\pm$") + ".")
     for note in notes:
         out.append(r"\par\smallskip\footnotesize\textsuperscript{\dag}" + _latex_escape(note))
     return "\n".join(out) + "\n"
@@ -184,12 +249,27 @@ def _latex(table, columns, notes, fmt) -> str:
 
 # --------------------------------------------------------------------------- figures
 
-def _select(metrics, dataset, bits) -> list[dict]:
-    chosen = sorted((m for m in metrics if m["dataset"] == dataset and int(m["bits"]) == int(bits)),
-                    key=lambda m: m["method"])
+def _select(metrics, dataset, bits) -> dict[str, list[dict]]:
+    """{method: [metrics or history of each seed]} of one dataset at one code length."""
+    chosen: dict[str, list[dict]] = {}
+    for m in sorted(metrics, key=lambda m: (m["method"], _seed(m))):
+        if m["dataset"] == dataset and int(m["bits"]) == int(bits):
+            chosen.setdefault(m["method"], []).append(m)
     if not chosen:
         raise ValueError(f"no runs of dataset {dataset!r} at {bits} bits")
     return chosen
+
+
+def _mean_curve(curves) -> tuple[list, list]:
+    """The mean over seeds of curves sampled at the same points (the same Hamming radii, the
+    same N): x and y are averaged point by point (PR curves: mean recall, mean precision)."""
+    lengths = {len(x) for x, _ in curves} | {len(y) for _, y in curves}
+    if len(lengths) != 1:
+        raise ValueError("the curves of one method have different numbers of points across seeds")
+
+    def mean(rows):
+        return [sum(v) / len(v) for v in zip(*rows)]
+    return mean([x for x, _ in curves]), mean([y for _, y in curves])
 
 
 def _style(i: int) -> dict:
@@ -206,20 +286,21 @@ def _save(fig: Figure, png_path, pdf_path) -> None:
 
 def _plot(metrics, dataset, bits, png_path, pdf_path, curve, xlabel, ylabel, what):
     chosen = _select(metrics, dataset, bits)
+    seeds = sorted({len(runs) for runs in chosen.values()})
     fig = Figure(figsize=(10, 4.2))
     axes = fig.subplots(1, 2, sharey=True)
     for ax, task in zip(axes, TASKS):
-        for i, m in enumerate(chosen):
-            if task in m["tasks"]:
-                x, y = curve(m["tasks"][task])
-                ax.plot(x, y, label=m["method"], **_style(i))
+        for i, (method, runs) in enumerate(chosen.items()):
+            if all(task in m["tasks"] for m in runs):
+                x, y = _mean_curve([curve(m["tasks"][task]) for m in runs])
+                ax.plot(x, y, label=method, **_style(i))
         ax.set_title(f"{TASK_TITLES[task]} ({task})")
         ax.set_xlabel(xlabel)
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel(ylabel)
     axes[0].set_ylim(0, 1.02)
     axes[1].legend(title="method", loc="best", fontsize="small")
-    fig.suptitle(f"{what} on {dataset} ({bits} bits)")
+    fig.suptitle(f"{what} on {dataset} ({bits} bits), mean over {' or '.join(map(str, seeds))} seed(s)")
     _save(fig, png_path, pdf_path)
 
 
@@ -241,35 +322,57 @@ def plot_precision_at_n(metrics, dataset, bits, png_path, pdf_path) -> None:
 
 
 def read_history(model_path) -> dict:
-    """{method, dataset, bits, history} of a trained model.pt (the weights are not kept)."""
+    """{method, dataset, bits, history, protocol: {training_seed}} of a trained model.pt (no weights)."""
     import torch
 
     ckpt = torch.load(model_path, map_location="cpu", weights_only=False)
-    return {key: ckpt[key] for key in ("method", "dataset", "bits", "history")}
+    return {**{key: ckpt[key] for key in ("method", "dataset", "bits", "history")},
+            "protocol": {"training_seed": ckpt["config"]["seed"]}}
+
+
+NOT_LOSS_TERMS = ("epoch", "lr", "seconds", "validation_map", "code_flip_rate", "multiplier_rms")
 
 
 def plot_loss_curves(histories, dataset, bits, png_path, pdf_path) -> None:
-    """Total training loss per epoch of every method (log scale), and the validation mAP of
-    those that select their epoch on it."""
-    chosen = _select(histories, dataset, bits)
-    with_validation = [h for h in chosen if any("validation_map" in e for e in h["history"])]
-    fig = Figure(figsize=(10 if with_validation else 5.5, 4.2))
-    axes = fig.subplots(1, 2 if with_validation else 1, squeeze=False)[0]
-    for i, h in enumerate(chosen):
-        epochs = [e["epoch"] for e in h["history"]]
-        if epochs:
-            axes[0].plot(epochs, [e["total"] for e in h["history"]], label=h["method"], **_style(i))
-        if h in with_validation:
-            axes[1].plot(epochs, [e["validation_map"] for e in h["history"]], label=h["method"], **_style(i))
-    axes[0].set_yscale("log")
-    axes[0].set_ylabel("total loss (per training pair)")
+    """Per method, each term of its loss per epoch (mean over seeds; log scale); and the
+    validation mAP of the methods that select their epoch on it."""
+    chosen = {m: runs for m, runs in _select(histories, dataset, bits).items() if runs[0]["history"]}
+    if not chosen:
+        raise ValueError(f"no trained runs of dataset {dataset!r} at {bits} bits (closed-form methods only)")
+    with_validation = {m: runs for m, runs in chosen.items() if "validation_map" in runs[0]["history"][0]}
+    n_panels = len(chosen) + bool(with_validation)
+    n_cols = min(4, n_panels)
+    n_rows = -(-n_panels // n_cols)
+    fig = Figure(figsize=(3.6 * n_cols, 3.0 * n_rows), layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
+
+    def mean_series(runs, key):
+        return _mean_curve([([e["epoch"] for e in r["history"]], [e[key] for e in r["history"]]) for r in runs])
+
+    for ax, (method, runs) in zip(axes, chosen.items()):
+        terms = [k for k in runs[0]["history"][0] if k not in NOT_LOSS_TERMS]
+        shown = [t for t in terms if t != "total"] or ["total"]  # the terms, or the total when it is all there is
+        for i, term in enumerate(shown):
+            epochs, values = mean_series(runs, term)
+            ax.plot(epochs, values, label=term, **{**_style(i), "marker": None})
+        if all(v > 0 for t in shown for v in mean_series(runs, t)[1]):
+            ax.set_yscale("log")
+        ax.set_title(method, fontsize="medium")
+        ax.legend(fontsize="x-small", loc="best")
     if with_validation:
-        axes[1].set_ylabel("validation mAP (mean of i2t, t2i)")
-    for ax in axes:
+        ax = axes[len(chosen)]
+        for i, (method, runs) in enumerate(with_validation.items()):
+            ax.plot(*mean_series(runs, "validation_map"), label=method, **{**_style(i), "marker": None})
+        ax.set_title("validation mAP (mean of i2t, t2i)", fontsize="medium")
+        ax.legend(fontsize="x-small", loc="best")
+    for ax in axes[:n_panels]:
         ax.set_xlabel("epoch")
         ax.grid(True, alpha=0.3)
-        ax.legend(title="method", loc="best", fontsize="small")
-    fig.suptitle(f"Training on {dataset} ({bits} bits)")
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    seeds = sorted({len(runs) for runs in chosen.values()})
+    fig.suptitle(f"Training on {dataset} ({bits} bits): loss terms per training pair, "
+                 f"mean over {' or '.join(map(str, seeds))} seed(s)")
     _save(fig, png_path, pdf_path)
 
 

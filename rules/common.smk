@@ -2,9 +2,11 @@ import os
 import re
 import sys
 
+import h5py
 from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)  # the egath package beside the Snakefile
+from egath.io import files_digest
 from egath.methods import check_model
 from egath.naming import encoder_slug
 
@@ -26,6 +28,7 @@ for _method in config["methods"]:  # a wrong model stops the run here, before an
 DATASETS = list(config["datasets"])
 BITS = config["bits"]
 METHODS = list(config["methods"])
+SEEDS = config["seeds"]
 
 
 wildcard_constraints:
@@ -56,6 +59,23 @@ def get_clip_weights(wildcards):
 
 def get_features(wildcards):
     return f"results/{wildcards.dataset}/features/{encoder_name()}.h5"
+
+
+def get_image_files_stamp(wildcards):
+    """A digest of the path, size and modification time of every image pairs.h5 lists: a
+    replaced or edited image changes it, and the changed param reruns the extraction.
+
+    One stat per image whenever the workflow starts (2-4 s for 300,000 images); the images
+    as inputs of the rule would cost Snakemake about 30 s per 100,000 files. Before pairs.h5
+    exists it is empty: Snakemake evaluates params again just before the job runs.
+    """
+    pairs = expand(rules.build_pairs.output.pairs, dataset=wildcards.dataset)[0]
+    try:
+        with h5py.File(pairs, "r") as f:
+            paths = f["image_paths"].asstr()[()]
+    except (OSError, KeyError):  # not built yet, or unreadable: the job will say so
+        return ""
+    return files_digest(paths)
 
 
 def get_label_embeddings(wildcards):
@@ -102,22 +122,26 @@ def get_method_spec(wildcards):
 
 
 def get_protocol(wildcards):
-    """What metrics.json records of the protocol beyond what codes.h5 knows (set sizes, epoch choice)."""
+    """What metrics.json records of the protocol beyond what codes.h5 and the training know
+    (set sizes, epoch selection, training seed, code update)."""
     cfg = dataset_config(wildcards)
     return {
         "n_train": cfg["n_train"],
         "split_seed": cfg["split_seed"],
         "relevance": "shares at least one label",
+        "map": "mAP@all",
         "tie_rule": "database index",
     }
 
 
-def get_all_metrics():
+def get_metrics(dataset=DATASETS, method=METHODS, bits=BITS):
+    """metrics.json of every seed of the given cells (default: the whole grid)."""
     return expand(
-        "results/{dataset}/{method}/{bits}/metrics.json",
-        dataset=DATASETS,
-        method=METHODS,
-        bits=BITS,
+        "results/{dataset}/{method}/{bits}/seed{seed}/metrics.json",
+        dataset=dataset,
+        method=method,
+        bits=bits,
+        seed=SEEDS,
     )
 
 

@@ -1,8 +1,3 @@
-import h5py
-
-from egath.io import files_digest
-
-
 rule fetch_clip_weights:
     output:
         done="resources/weights/{encoder}.txt",
@@ -21,23 +16,6 @@ rule fetch_clip_weights:
         pretrained=config["clip"]["pretrained"],
     script:
         "../scripts/fetch_clip_weights.py"
-
-
-def get_image_files_stamp(wildcards):
-    """A digest of the path, size and modification time of every image pairs.h5 lists: a
-    replaced or edited image changes it, and the changed param reruns the extraction.
-
-    One stat per image whenever the workflow starts (2-4 s for 300,000 images); the images
-    as inputs of the rule would cost Snakemake about 30 s per 100,000 files. Before pairs.h5
-    exists it is empty: Snakemake evaluates params again just before the job runs.
-    """
-    pairs = expand(rules.build_pairs.output.pairs, dataset=wildcards.dataset)[0]
-    try:
-        with h5py.File(pairs, "r") as f:
-            paths = f["image_paths"].asstr()[()]
-    except (OSError, KeyError):  # not built yet, or unreadable: the job will say so
-        return ""
-    return files_digest(paths)
 
 
 rule extract_features:

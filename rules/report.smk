@@ -1,6 +1,6 @@
 rule tables:
     input:
-        metrics=get_all_metrics(),
+        metrics=get_metrics(),
         reference=get_reference_table(),
     output:
         csv=report(
@@ -24,11 +24,8 @@ rule tables:
 
 rule figures:
     input:
-        metrics=lambda wildcards: expand(
-            "results/{dataset}/{method}/{bits}/metrics.json",
-            dataset=wildcards.dataset,
-            method=METHODS,
-            bits=wildcards.bits,
+        metrics=lambda wildcards: get_metrics(
+            wildcards.dataset, METHODS, wildcards.bits
         ),
     output:
         pr_png=report(
@@ -60,10 +57,11 @@ rule figures:
 rule loss_curves:
     input:
         models=lambda wildcards: expand(
-            "results/{dataset}/{method}/{bits}/model.pt",
+            "results/{dataset}/{method}/{bits}/seed{seed}/model.pt",
             dataset=wildcards.dataset,
             method=METHODS,
             bits=wildcards.bits,
+            seed=SEEDS,
         ),
     output:
         png=report(

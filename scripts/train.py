@@ -5,18 +5,23 @@ setup_logging(snakemake.log[0])
 import torch
 
 from egath.devices import select_device
-from egath.training import train
+from egath.experiment import train_and_evaluate
 
 torch.set_num_threads(snakemake.threads)
-train(
+train_and_evaluate(
     snakemake.input.pairs,
     snakemake.input.features,
     snakemake.input.graph,
-    snakemake.output.model,
     method=snakemake.wildcards.method,
     bits=int(snakemake.wildcards.bits),
+    seeds=snakemake.params.seeds,
     params=snakemake.params.training,
     spec=snakemake.params.spec,
+    models=snakemake.output.models,
+    codes=snakemake.output.codes,
+    metrics=snakemake.output.metrics,
+    protocol=snakemake.params.protocol,
     device=select_device(snakemake.params.device),
     dataset=snakemake.wildcards.dataset,
+    threads=snakemake.threads,
 )

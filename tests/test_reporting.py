@@ -19,9 +19,10 @@ def _task(map_value, bits):
             "precision_at_n": {"n": [50, 100, 200], "precision": [0.9, 0.8, 0.7]}}
 
 
-def _metrics(dataset, method, bits, i2t, t2i):
+def _metrics(dataset, method, bits, i2t, t2i, seed=0):
     return {"dataset": dataset, "method": method, "bits": bits,
-            "protocol": {"tie_rule": "database index"},
+            "protocol": {"tie_rule": "database index", "training_seed": seed, "map": "mAP@all",
+                         "n_query": 10, "n_database": 90, "epoch_selection": "last epoch"},
             "tasks": {"i2t": _task(i2t, bits), "t2i": _task(t2i, bits)}}
 
 
@@ -56,17 +57,45 @@ def test_map_table_csv(tmp_path, metrics):
     R.write_map_table(metrics, *paths, reference=REFERENCE)
     with open(paths[0], newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["dataset", "method", "bits", "task", "map", "map_tie_aware", "map_random_codes"]
-    assert len(rows) == len(MAPS) * 2  # measured rows only
-    keys = [(r["dataset"], r["method"], int(r["bits"]), r["task"]) for r in rows]
+    assert list(rows[0]) == list(R.CSV_COLUMNS + R.PROTOCOL_COLUMNS)
+    seed_rows = [r for r in rows if r["seed"] != "mean"]
+    assert len(seed_rows) == len(MAPS) * 2  # measured rows only, one per seed
+    assert len(rows) == 2 * len(seed_rows)  # and one aggregate row each (one seed here)
+    keys = [(r["dataset"], r["method"], int(r["bits"]), r["task"]) for r in seed_rows]
     assert keys == sorted(keys)
     expected = {(d, m, b, "i2t"): a for d, m, b, a, _ in MAPS}
     expected |= {(d, m, b, "t2i"): t for d, m, b, _, t in MAPS}
-    for r, k in zip(rows, keys):
+    for r, k in zip(seed_rows, keys):
         assert float(r["map"]) == pytest.approx(expected[k])
         assert float(r["map_tie_aware"]) == pytest.approx(expected[k] - 0.01)
         assert float(r["map_random_codes"]) == pytest.approx(0.25)
+        assert (r["seed"], r["n_seeds"], r["map_kind"], r["n_query"], r["epoch_selection"]) == \
+            ("0", "1", "mAP@all", "10", "last epoch")
     assert not [p for p in tmp_path.iterdir() if p.name not in {"map.csv", "map.md", "map.tex"}]
+
+
+def test_map_table_aggregates_seeds_and_bolds_only_clear_wins(tmp_path):
+    # egath beats dcmh by 0.03 on i2t with stds of 0.01 (bold), and by 0.005 on t2i (within std: no bold)
+    runs = [_metrics("flickr", "egath", 16, i2t, t2i, seed) for seed, (i2t, t2i) in
+            enumerate([(0.80, 0.700), (0.81, 0.710), (0.82, 0.720)])]
+    runs += [_metrics("flickr", "dcmh", 16, i2t, t2i, seed) for seed, (i2t, t2i) in
+             enumerate([(0.77, 0.695), (0.78, 0.705), (0.79, 0.715)])]
+    paths = [tmp_path / n for n in ("map.csv", "map.md", "map.tex")]
+    aggregate = R.write_map_table(runs, *paths)
+    by_key = {(r["method"], r["task"]): r for r in aggregate}
+    assert by_key[("egath", "i2t")]["map"] == pytest.approx(0.81)
+    assert by_key[("egath", "i2t")]["map_std"] == pytest.approx(0.01)  # sample std of 0.80, 0.81, 0.82
+    assert by_key[("egath", "i2t")]["n_seeds"] == 3
+    with open(paths[0], newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(r["seed"] for r in rows if r["method"] == "egath" and r["task"] == "t2i") == \
+        ["0", "1", "2", "mean"]
+    header, body = _md_cells(paths[1].read_text())
+    assert body["egath"]["flickr i2t 16"] == "**0.8100 ± 0.0100**"
+    assert body["egath"]["flickr t2i 16"] == "0.7100 ± 0.0100"  # ahead by 0.005 only
+    assert body["dcmh"]["flickr t2i 16"] == "0.7050 ± 0.0100"
+    assert "mean ± std over 3 training seed(s)" in paths[1].read_text()
+    assert r"\textbf{0.8100 $\pm$ 0.0100}" in paths[2].read_text()
 
 
 def _md_cells(text):

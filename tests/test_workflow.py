@@ -18,6 +18,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 BITS = [8, 16]
+SEEDS = [0, 1]
 
 TINY_CONFIG = {
     "datasets": {
@@ -31,6 +32,7 @@ TINY_CONFIG = {
         }
     },
     "bits": BITS,
+    "seeds": SEEDS,
     "methods": {"egath": {}},
     "label_embeddings": {"source": "clip"},
     "clip": {"model": "egath-tiny-vit", "pretrained": "none", "batch_size": 64, "num_workers": 0},
@@ -91,11 +93,16 @@ def test_table_has_one_row_per_run_and_matches_the_codes(demo_run):
     workdir, _ = demo_run
     with open(workdir / "results/tables/map.csv") as f:
         rows = list(csv.DictReader(f))
-    assert {"dataset", "method", "bits", "task", "map"} <= set(rows[0])
-    assert sorted((r["dataset"], r["method"], int(r["bits"]), r["task"]) for r in rows) == sorted(
-        ("tiny", "egath", b, t) for b in BITS for t in ("i2t", "t2i"))
-    for row in rows:
-        run = workdir / f"results/tiny/egath/{row['bits']}"
+    assert {"dataset", "method", "bits", "task", "seed", "map", "map_std"} <= set(rows[0])
+    assert sorted((r["dataset"], r["method"], int(r["bits"]), r["task"], r["seed"]) for r in rows) == sorted(
+        ("tiny", "egath", b, t, s) for b in BITS for t in ("i2t", "t2i") for s in ("0", "1", "mean"))
+    seed_rows = [r for r in rows if r["seed"] != "mean"]
+    for row in (r for r in rows if r["seed"] == "mean"):
+        maps = [float(r["map"]) for r in seed_rows if (r["bits"], r["task"]) == (row["bits"], row["task"])]
+        assert float(row["map"]) == pytest.approx(np.mean(maps), abs=1e-6)
+        assert float(row["map_std"]) == pytest.approx(np.std(maps, ddof=1), abs=1e-6)
+    for row in seed_rows:
+        run = workdir / f"results/tiny/egath/{row['bits']}/seed{row['seed']}"
         with h5py.File(run / "codes.h5") as codes:
             image_query = "query/image" if row["task"] == "i2t" else "query/text"
             text_db = "database/text" if row["task"] == "i2t" else "database/image"
@@ -105,6 +112,8 @@ def test_table_has_one_row_per_run_and_matches_the_codes(demo_run):
         metrics = json.loads((run / "metrics.json").read_text())
         assert metrics["tasks"][row["task"]]["map"] == pytest.approx(float(row["map"]), abs=1e-6)
         assert metrics["protocol"]["n_query"] == 20
+        assert metrics["protocol"]["training_seed"] == int(row["seed"])
+        assert metrics["protocol"]["code_update"] == "penalty"
 
 
 def test_stages_write_what_the_next_stage_reads(demo_run):
@@ -119,7 +128,7 @@ def test_stages_write_what_the_next_stage_reads(demo_run):
     with h5py.File(workdir / "results/tiny/graph.h5") as graph:
         assert graph["adjacency"].shape == (8, 8)
         assert np.all(np.diag(graph["adjacency"][:]) == 1)
-    with h5py.File(workdir / "results/tiny/egath/16/codes.h5") as codes:
+    with h5py.File(workdir / "results/tiny/egath/16/seed0/codes.h5") as codes:
         assert codes["query/image"].shape == (20, 16)
         assert set(np.unique(codes["database/text"][:])) <= {-1, 1}
     figure = workdir / "results/figures/pr_tiny_8.png"
@@ -139,12 +148,28 @@ def test_changing_one_training_parameter_reruns_only_that_job(demo_run, tmp_path
     changed = {**TINY_CONFIG, "train_overrides": [{"dataset": "tiny", "bits": 16, "params": {"margin": 0.3}}]}
     config = write_config(tmp_path / "changed.yaml", changed)
     result = snakemake(workdir, "-n", config=config)
-    assert planned_jobs(result) == {"train": 1, "evaluate": 1, "tables": 1, "figures": 1,
-                                    "loss_curves": 1, "all": 1}
+    assert planned_jobs(result) == {"train": 1, "tables": 1, "figures": 1, "loss_curves": 1, "all": 1}
     output = result.stdout + result.stderr
-    assert "output: results/tiny/egath/16/model.pt" in output
-    assert "output: results/tiny/egath/8/model.pt" not in output
+    assert "output: results/tiny/egath/16/seed0/model.pt" in output
+    assert "results/tiny/egath/8/seed0/model.pt" not in output
     assert re.search(r"params have changed since last execution:\s+train\n", output)
+
+
+def test_adding_a_seed_trains_only_the_new_seed(demo_run, tmp_path):
+    workdir, _ = demo_run
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy, symlinks=True)
+    config = write_config(tmp_path / "more.yaml", {**TINY_CONFIG, "seeds": SEEDS + [2]})
+    snakemake(copy, "--cores", "2", config=config)
+    log = (copy / "logs/train/tiny/egath/8.log").read_text()
+    assert log.count("already trained with these settings and inputs") == len(SEEDS)
+    assert log.count("epoch 2/2") == 1  # seed 2 alone trained
+    for seed in SEEDS:  # the reused seeds keep their codes
+        with h5py.File(workdir / f"results/tiny/egath/8/seed{seed}/codes.h5") as a, \
+                h5py.File(copy / f"results/tiny/egath/8/seed{seed}/codes.h5") as b:
+            np.testing.assert_array_equal(a["query/image"][:], b["query/image"][:])
+    with open(copy / "results/tables/map.csv") as f:
+        assert {r["n_seeds"] for r in csv.DictReader(f) if r["seed"] == "mean"} == {"3"}
 
 
 def test_report_holds_the_table_and_figures(demo_run):
@@ -214,3 +239,18 @@ def test_unknown_method_model_stops_the_dry_run_before_any_job(tmp_path, methods
     assert result.returncode != 0
     assert key in output and "unknown method model" in output
     assert "Job stats" not in output and not (tmp_path / "results").exists()
+
+
+def test_every_log_says_what_its_job_did_without_noise(demo_run):
+    workdir, _ = demo_run
+    logs = sorted((workdir / "logs").rglob("*.log"))
+    assert len(logs) >= 8
+    for path in logs:
+        text = path.read_text()
+        assert text.strip(), f"{path} is empty"
+        assert "\r" not in text and "FutureWarning" not in text, path
+    train = (workdir / "logs/train/tiny/egath/8.log").read_text()
+    epochs = [line for line in train.splitlines() if " epoch " in line]
+    assert epochs and all("tiny egath 8 bits seed " in line for line in epochs)
+    extraction = (workdir / "logs/extract_features/tiny/egath-tiny-vit_none.log").read_text()
+    assert "120/120" in extraction  # the progress bar's last state, as a line

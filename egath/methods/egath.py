@@ -239,6 +239,9 @@ class EgathObjective(Objective):
         return {"code_flip_rate": (self.state.codes != before).float().mean(),
                 "multiplier_rms": self.state.multiplier.pow(2).mean().sqrt()}
 
+    def protocol(self) -> dict:
+        return {"code_update": self.cfg.code_update}
+
     def state_dict(self) -> dict:
         return asdict(self.state)
 

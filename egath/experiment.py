@@ -1,0 +1,45 @@
+"""One cell of the grid, as one workflow job: a method on one dataset at one code length,
+trained with every seed, each model encoded and evaluated.
+
+One process for all of it, because starting a process (importing torch and torch_geometric,
+several seconds) costs more than a small training run. A seed whose model was already trained
+with the same settings and inputs is reused, not trained again (egath.training.train's
+`reuse_path`), so adding seeds to the config trains only the new ones.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from egath.encoding import encode_dataset
+from egath.metrics import write_metrics
+from egath.training import train
+
+log = logging.getLogger(__name__)
+
+
+def reuse_path(model_path, seed: int) -> Path:
+    """Where a cell keeps its finished models for reuse: beside the seed folders, out of the DAG."""
+    return Path(model_path).parent.parent / ".trained" / f"seed{seed}.pt"
+
+
+def train_and_evaluate(pairs, features, graph, *, method: str, bits: int, seeds: list[int],
+                       params: dict, spec: dict | None, models, codes, metrics, protocol: dict,
+                       device: str = "cpu", dataset: str = "", threads: int | None = None) -> list[dict]:
+    """Train `method` once per seed (models[i] for seeds[i]), then write codes[i] and metrics[i].
+    Returns the metrics of every seed."""
+    if not len(seeds) == len(models) == len(codes) == len(metrics):
+        raise ValueError(f"{len(seeds)} seeds need as many model, codes and metrics paths, got "
+                         f"{len(models)}, {len(codes)}, {len(metrics)}")
+    results = []
+    for seed, model_path, codes_path, metrics_path in zip(seeds, models, codes, metrics):
+        log.info("seed %d: training", seed)
+        result = train(pairs, features, graph, model_path, method, bits, {**params, "seed": seed},
+                       device=device, dataset=dataset, spec=spec, reuse_path=reuse_path(model_path, seed))
+        # encoding is a forward pass of small heads: the CPU does it, no GPU is held for it
+        encode_dataset(model_path, pairs, features, codes_path, device="cpu")
+        seed_protocol = {**protocol, "training_seed": seed, **result.get("protocol", {})}
+        results.append(write_metrics(codes_path, metrics_path, protocol=seed_protocol, threads=threads))
+        tasks = results[-1]["tasks"]
+        log.info("seed %d: mAP %s", seed, "  ".join(f"{task} {t['map']:.4f}" for task, t in tasks.items()))
+    return results
