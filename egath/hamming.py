@@ -162,16 +162,32 @@ def _distances(q_words, i, db_words, dist):
             dist[j] += _popcount(q ^ db_words[w, j])
 
 
+# Counters are kept for four stretches of the database side by side (interleaved in one loop):
+# consecutive items at the same distance, common with trained codes, would otherwise each wait
+# for the previous one's counter update.
+_STREAMS = 4
+
+
 @_jit
 def _rank_statistics(q_words, q_labels, db_words, label_bits, start, stop, cut, ns, dist, pos,
                      hist_all, hist_rel, ap_sum, ap_count, hits):
     n_db = db_words.shape[1]
     n_dist = hist_all.shape[1]
     max_n = ns[-1] if ns.size > 0 else 0
+    # stretch s covers items [s * stretch, (s + 1) * stretch), the last one also the rest; a
+    # multiple of 64, so that each 64-item word of the relevance bitmap lies in one stretch
+    stretch = n_db // (64 * _STREAMS) * 64
+    counts = np.empty((_STREAMS, n_dist), np.int64)
+    offsets = np.empty((_STREAMS, n_dist), np.int64)
     relevant = np.empty(label_bits.shape[1], np.uint64)
-    items_before = np.empty(n_dist, np.int64)
     inverse_rank_sum = np.empty(n_dist)
     one = np.uint64(1)
+    # views of each stretch, indexed from 0 so that no index needs a negative-index check
+    c0, c1, c2, c3 = counts[0], counts[1], counts[2], counts[3]
+    d0, d1, d2, d3 = (dist[:stretch], dist[stretch:2 * stretch], dist[2 * stretch:3 * stretch],
+                      dist[3 * stretch:n_db])
+    p0, p1, p2, p3 = (pos[:stretch], pos[stretch:2 * stretch], pos[2 * stretch:3 * stretch],
+                      pos[3 * stretch:n_db])
     for i in range(start, stop):
         relevant[:] = 0
         for c in range(q_labels.shape[1]):
@@ -179,41 +195,66 @@ def _rank_statistics(q_words, q_labels, db_words, label_bits, start, stop, cut, 
                 for w in range(relevant.size):
                     relevant[w] |= label_bits[c, w]
         _distances(q_words, i, db_words, dist)
-        # One pass in database order: pos[j] = how many items up to j lie at j's distance.
+        # One pass in database order: pos[j] = how many items of j's stretch up to j lie at
+        # j's distance.
+        counts[:] = 0
+        for j in range(stretch):
+            d = d0[j]
+            p = c0[d] + 1
+            c0[d] = p
+            p0[j] = p
+            d = d1[j]
+            p = c1[d] + 1
+            c1[d] = p
+            p1[j] = p
+            d = d2[j]
+            p = c2[d] + 1
+            c2[d] = p
+            p2[j] = p
+            d = d3[j]
+            p = c3[d] + 1
+            c3[d] = p
+            p3[j] = p
+        for j in range(stretch, d3.size):
+            d = d3[j]
+            p = c3[d] + 1
+            c3[d] = p
+            p3[j] = p
+        # offsets[s, d]: items ranked before stretch s's first item at distance d
         count = hist_all[i]
-        for j in range(n_db):
-            d = dist[j]
-            p = count[d] + 1
-            count[d] = p
-            pos[j] = p
         before = 0
         for d in range(n_dist):
-            items_before[d] = before
+            count[d] = 0
+            for s in range(_STREAMS):
+                offsets[s, d] = before + count[d]
+                count[d] += counts[s, d]
             before += count[d]
         # The relevant items, in database order. One at distance d that is the a-th relevant
-        # one there has rank items_before[d] + pos and precision (R_d + a) / rank, R_d being
-        # the relevant items at smaller distances, known only at the end: so sum a / rank
-        # now and, per distance, 1 / rank, which R_d multiplies afterwards.
+        # one there has rank offsets[s, d] + pos and precision (R_d + a) / rank, R_d being the
+        # relevant items at smaller distances, known only at the end: so sum a / rank now and,
+        # per distance, 1 / rank, which R_d multiplies afterwards.
         rel = hist_rel[i]
         inverse_rank_sum[:] = 0.0
         ordinal_sum = 0.0
         n_counted = 0
-        for w in range(relevant.size):
-            bits = relevant[w]
-            while bits:
-                j = (w << 6) + _lowest_bit(bits)
-                bits &= bits - one
-                d = dist[j]
-                a = rel[d] + 1
-                rel[d] = a
-                rank = items_before[d] + pos[j]
-                if rank <= cut:
-                    inverse = 1.0 / rank
-                    inverse_rank_sum[d] += inverse
-                    ordinal_sum += a * inverse
-                    n_counted += 1
-                if rank <= max_n:
-                    hits[i, np.searchsorted(ns, rank)] += 1
+        for s in range(_STREAMS):
+            last_word = (s + 1) * stretch // 64 if s < _STREAMS - 1 else relevant.size
+            for w in range(s * stretch // 64, last_word):
+                bits = relevant[w]
+                while bits:
+                    j = (w << 6) + _lowest_bit(bits)
+                    bits &= bits - one
+                    d = dist[j]
+                    a = rel[d] + 1
+                    rel[d] = a
+                    rank = offsets[s, d] + pos[j]
+                    if rank <= cut:
+                        inverse = 1.0 / rank
+                        inverse_rank_sum[d] += inverse
+                        ordinal_sum += a * inverse
+                        n_counted += 1
+                    if rank <= max_n:
+                        hits[i, np.searchsorted(ns, rank)] += 1
         total = ordinal_sum
         rel_before = 0
         for d in range(n_dist):
@@ -264,13 +305,20 @@ def rank_statistics(query: PackedCodes, database: PackedCodes, query_labels: np.
 def _topk(q_words, db_words, start, stop, k, dist, indices, distances):
     n_db = db_words.shape[1]
     n_dist = 64 * db_words.shape[0] + 1
-    count = np.empty(n_dist, np.int64)
+    counts = np.empty((_STREAMS, n_dist), np.int64)
     next_slot = np.empty(n_dist, np.int64)
+    last = n_db - n_db % _STREAMS
     for i in range(start, stop):
         _distances(q_words, i, db_words, dist)
-        count[:] = 0
-        for j in range(n_db):
-            count[dist[j]] += 1
+        counts[:] = 0
+        for j in range(0, last, _STREAMS):
+            counts[0, dist[j]] += 1
+            counts[1, dist[j + 1]] += 1
+            counts[2, dist[j + 2]] += 1
+            counts[3, dist[j + 3]] += 1
+        for j in range(last, n_db):
+            counts[0, dist[j]] += 1
+        count = counts.sum(axis=0)
         # the first k ranks hold every item closer than `reach` and the first ones at it
         filled = 0
         reach = n_dist - 1
