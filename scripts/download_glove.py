@@ -1,6 +1,6 @@
 from egath.logs import setup_logging
 
-setup_logging(snakemake.log[0])
+log = setup_logging(snakemake.log[0])
 
 from pathlib import Path
 
@@ -11,3 +11,4 @@ archive = download(snakemake.params.url, vectors.parent / Path(snakemake.params.
 extract(archive, vectors.parent)
 if not vectors.is_file():
     raise DatasetError(f"{archive} holds no {vectors.name}; set label_embeddings.glove_file")
+log.info("%s is in place (%d bytes)", vectors, vectors.stat().st_size)

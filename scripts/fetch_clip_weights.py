@@ -1,6 +1,6 @@
 from egath.logs import setup_logging
 
-setup_logging(snakemake.log[0])
+log = setup_logging(snakemake.log[0])
 
 from egath.features import load_clip
 from egath.io import atomic_output
@@ -12,3 +12,5 @@ with atomic_output(snakemake.output.done) as tmp:
         f"model\t{snakemake.params.model}\npretrained\t{snakemake.params.pretrained}\n"
         f"parameters\t{n_parameters}\n"
     )
+log.info("weights of %s (%s) are in the cache: %d parameters", snakemake.params.model,
+         snakemake.params.pretrained, n_parameters)

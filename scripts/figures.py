@@ -1,6 +1,6 @@
 from egath.logs import setup_logging
 
-setup_logging(snakemake.log[0])
+log = setup_logging(snakemake.log[0])
 
 from egath.reporting import collect_metrics, plot_pr_curves, plot_precision_at_n
 
@@ -8,3 +8,5 @@ metrics = collect_metrics(snakemake.input.metrics)
 dataset, bits = snakemake.wildcards.dataset, int(snakemake.wildcards.bits)
 plot_pr_curves(metrics, dataset, bits, snakemake.output.pr_png, snakemake.output.pr_pdf)
 plot_precision_at_n(metrics, dataset, bits, snakemake.output.topn_png, snakemake.output.topn_pdf)
+log.info("wrote %s and %s (.png, .pdf) from %d metrics files", snakemake.output.pr_png,
+         snakemake.output.topn_png, len(snakemake.input.metrics))

@@ -1,6 +1,6 @@
 from egath.logs import setup_logging
 
-setup_logging(snakemake.log[0])
+log = setup_logging(snakemake.log[0])
 
 from egath.reporting import plot_loss_curves, read_history
 
@@ -11,3 +11,5 @@ plot_loss_curves(
     snakemake.output.png,
     snakemake.output.pdf,
 )
+log.info("wrote %s and %s from %d models", snakemake.output.png, snakemake.output.pdf,
+         len(snakemake.input.models))

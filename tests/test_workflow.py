@@ -195,7 +195,7 @@ def test_bad_config_is_refused_with_the_key_named(tmp_path, change, message):
 def test_default_config_plans_the_paper_grid_offline(tmp_path):
     result = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config.yaml"))
     jobs = planned_jobs(result)
-    assert jobs["train"] == 9 and jobs["download_dataset"] == 3 and jobs["extract_features"] == 3
+    assert jobs["train"] == 3 * 12 * 3 and jobs["download_dataset"] == 3 and jobs["extract_features"] == 3
     # weights and GloVe vectors are fetched once, by local rules, for all datasets
     assert jobs["fetch_clip_weights"] == 1 and jobs["download_glove"] == 1
 
