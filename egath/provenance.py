@@ -6,8 +6,7 @@ disagrees when a model and an index (or a collection) meet.
 """
 from __future__ import annotations
 
-from egath.features import strings_digest
-from egath.io import open_h5, string_array
+from egath.io import open_h5, string_array, strings_digest
 
 
 def encoder_of(features_path) -> str:

@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 
 from egath.io import atomic_output, open_h5, string_array
-from egath.provenance import differences, encoder_of, model_facts, pairs_facts
+from egath.provenance import differences, encoder_of, model_facts
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +106,6 @@ def _load_checkpoint(model_path) -> dict:
     return torch.load(model_path, map_location="cpu", weights_only=False)
 
 
-def _refuse_if_different(model_path, facts: dict, other: dict, other_name: str) -> None:
-    diffs = differences(facts, other, _PAIRING_KEYS, ("model", other_name))
-    if diffs:
-        raise SearchError(f"model {model_path} does not belong with the {other_name}: "
-                          + "; ".join(diffs))
-
-
 # --------------------------------------------------------------------------- building
 
 def build_index(model_path, out_path, *, pairs, features, manifest=None, labels=None,
@@ -123,18 +116,19 @@ def build_index(model_path, out_path, *, pairs, features, manifest=None, labels=
     `manifest` (manifest.tsv and its labels.txt, docs/formats.md), a user's images and texts:
     then images (and texts, for a model on CLIP text features) are encoded with the CLIP
     model that `features` names in its provenance, and texts with the vocabulary of `pairs`.
-    `pairs` and `features` must be the files the model was trained with (same dataset,
-    vocabulary and encoder), else SearchError names what differs.
+    `pairs` and `features` must be the files the model was trained with (same dataset, split,
+    labels, vocabulary and encoder), else egath.lineage.MismatchError names what differs.
     """
     from egath.encoding import _codes
+    from egath.lineage import check_model, pairs_lineage
     from egath.methods import MethodSpec, model_from_checkpoint
     from egath.training import load_split
 
     ckpt = _load_checkpoint(model_path)
     facts = model_facts(ckpt)
     spec = MethodSpec(**ckpt["method_spec"])
-    files = {**pairs_facts(pairs), "encoder": encoder_of(features)}
-    _refuse_if_different(model_path, facts, files, f"files {pairs} and {features}")
+    files = pairs_lineage(pairs)
+    check_model(model_path, ckpt, pairs, files, features)
     with open_h5(pairs, ("vocabulary",)) as f:
         vocabulary = string_array(f["vocabulary"][()]) if spec.text == "bow" else []
     with open_h5(features) as f:
@@ -167,7 +161,7 @@ def build_index(model_path, out_path, *, pairs, features, manifest=None, labels=
             format=INDEX_FORMAT, format_version=INDEX_VERSION,
             model_path=os.path.abspath(model_path), model_sha256=file_sha256(model_path),
             method=facts["method"], text_input=spec.text, dataset=facts["dataset"],
-            bits=facts["bits"], encoder=files["encoder"], clip_model=clip_model,
+            bits=facts["bits"], encoder=encoder_of(features), clip_model=clip_model,
             clip_pretrained=clip_pretrained, vocabulary_sha256=files["vocabulary_sha256"],
             collection=os.path.abspath(manifest if manifest is not None else pairs),
             collection_kind="manifest" if manifest is not None else "database split of pairs.h5",
