@@ -81,3 +81,35 @@ rule loss_curves:
         runtime=5,
     script:
         "../scripts/loss_curves.py"
+
+
+rule retrieval_examples:
+    input:
+        codes=lambda wildcards: (
+            f"results/{wildcards.dataset}/{wildcards.method}/{wildcards.bits}"
+            f"/seed{SEEDS[0]}/codes.h5"
+        ),
+        pairs=rules.build_pairs.output.pairs,
+    output:
+        png=report(
+            "results/figures/examples_{dataset}_{method}_{bits}.png",
+            caption="../report/retrieval_examples.rst",
+            category="Retrieval examples",
+            labels={"dataset": "{dataset}", "method": "{method}", "bits": "{bits}"},
+        ),
+        pdf="results/figures/examples_{dataset}_{method}_{bits}.pdf",
+    log:
+        "logs/retrieval_examples/{dataset}_{method}_{bits}.log",
+    conda:
+        "../envs/egath.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=5,
+    params:
+        text_queries=3,
+        image_queries=3,
+        seed=0,
+        training_seed=SEEDS[0],
+    script:
+        "../scripts/retrieval_examples.py"
