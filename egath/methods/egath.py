@@ -129,11 +129,11 @@ def weighted_triplet_loss(anchor: torch.Tensor, target: torch.Tensor, anchor_lab
     w_ij * max(0, d_ij - d_ik + margin), d = 1 - cos (paper's cosine triplet, GCDH's weights)."""
     distance = (1 - F.cosine_similarity(anchor.unsqueeze(1), target.unsqueeze(0), dim=-1)).clamp_min(0)  # (B, M)
     similarity = anchor_labels.float() @ target_labels.float().T  # (B, M)
-    relevant = (similarity > 0).float()
-    weight = ndcg_weights(similarity)
-    triplet_mask = relevant.unsqueeze(2) * (1 - relevant.unsqueeze(1))  # (B, M, M): j relevant, k not
-    hinge = F.relu(distance.unsqueeze(2) - distance.unsqueeze(1) + margin)  # (B, M, M)
-    return (weight.unsqueeze(2) * triplet_mask * hinge).sum()
+    weight = ndcg_weights(similarity)  # 0 where j is not relevant to i (gain 2^0 - 1)
+    irrelevant = (similarity == 0).to(distance.dtype)  # (B, M): k not relevant to i
+    hinge = F.relu(distance.unsqueeze(2) - distance.unsqueeze(1) + margin)  # (B, M, M): [i, j, k]
+    # one (B, M, M) product instead of four: the weight masks j, the irrelevance k
+    return ((hinge * irrelevant.unsqueeze(1)).sum(2) * weight).sum()
 
 
 def quantization_loss(h: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
