@@ -99,15 +99,19 @@ def get_train_params(wildcards):
 
     Only this job's slice of the config reaches it, so an edit reruns only the jobs it concerns.
     """
+    job = {"dataset": wildcards.dataset, "bits": int(wildcards.bits), "method": wildcards.method}
     params = dict(config["training"])
     for override in config["train_overrides"]:
-        if (
-            override.get("dataset", wildcards.dataset) == wildcards.dataset
-            and override.get("bits", int(wildcards.bits)) == int(wildcards.bits)
-            and override.get("method", wildcards.method) == wildcards.method
-        ):
+        if all(is_match(override.get(key), value) for key, value in job.items()):
             params.update(override["params"])
     return params
+
+
+def is_match(selector, value):
+    """An override's dataset, bits or method selector: absent (all), one value, or a list."""
+    if selector is None:
+        return True
+    return value in selector if isinstance(selector, list) else value == selector
 
 
 def get_method_file(wildcards):
