@@ -35,7 +35,7 @@ __all__ = ["SearchError", "OutOfVocabularyError", "Index", "Hit", "SearchResult"
 INDEX_FORMAT = "egath-index"
 INDEX_VERSION = 1
 MODALITIES = ("image", "text")
-# What must agree between a model and the files it meets (model.pt's `inputs`, the index).
+# What must agree between a query model (model.pt and its `inputs`) and the index it searches.
 _PAIRING_KEYS = ("dataset", "method", "bits", "encoder", "vocabulary_sha256")
 
 
