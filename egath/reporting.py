@@ -4,6 +4,7 @@ precision-recall and precision@N plots. Figures are drawn on matplotlib Figure o
 from __future__ import annotations
 
 import csv
+import html
 import json
 from pathlib import Path
 
@@ -114,8 +115,9 @@ def _latex_escape(text: str) -> str:
     return text
 
 
-def write_map_table(metrics, csv_path, md_path, tex_path, reference=None) -> list[dict]:
-    """Write the mAP table as CSV (long format) plus Markdown and LaTeX pivot tables.
+def write_map_table(metrics, csv_path, md_path, tex_path, reference=None, html_path=None) -> list[dict]:
+    """Write the mAP table as CSV (long format) plus Markdown, LaTeX and (if `html_path`) HTML
+    pivot tables; the HTML one is what the Snakemake report shows.
 
     map.csv: one row per dataset x method x bits x task x training seed, then one aggregate row
     (seed "mean": mean and sample std over the seeds, n_seeds) per dataset x method x bits x
@@ -182,6 +184,8 @@ def write_map_table(metrics, csv_path, md_path, tex_path, reference=None) -> lis
 
     _write_text(md_path, _markdown(table, columns, notes, caption))
     _write_text(tex_path, _latex(table, columns, notes, caption))
+    if html_path is not None:
+        _write_text(html_path, _html(table, columns, notes, caption))
     return aggregate
 
 
@@ -202,6 +206,40 @@ def _markdown(table, columns, notes, caption) -> str:
     if notes:
         text += "\n" + "\n".join(f"{DAGGER} {n}" + "  " for n in notes) + "\n"
     return text
+
+
+def _html(table, columns, notes, caption) -> str:
+    """A self-contained HTML table (inline style), for the report's first page."""
+    esc = html.escape
+    head1 = "".join(f'<th colspan="{n}">{esc(str(d))}</th>' for (d,), n in _spans([c[:1] for c in columns]))
+    head2 = "".join(f'<th colspan="{n}">{esc(TASK_TITLES.get(t, t))}</th>'
+                    for (_, t), n in _spans([c[:2] for c in columns]))
+    head3 = "".join(f"<th>{b} bits</th>" for _, _, b in columns)
+    rows = []
+    for name, is_ref, cells, bold in table:
+        label = esc(name) + (f"<sup>{DAGGER}</sup>" if is_ref else "")
+        shown = ["–" if v is None else esc(_fmt(v)) for v in cells]
+        tds = "".join(f"<td><b>{v}</b></td>" if b else f"<td>{v}</td>" for v, b in zip(shown, bold))
+        style = ' class="reference"' if is_ref else ""
+        rows.append(f"<tr{style}><th>{label}</th>{tds}</tr>")
+    notes_html = "".join(f"<p><sup>{DAGGER}</sup> {esc(n)}</p>" for n in notes)
+    return f"""<div class="egath-map-table">
+<style>
+.egath-map-table table {{ border-collapse: collapse; font-size: 0.9em; }}
+.egath-map-table th, .egath-map-table td {{ padding: 2px 8px; border-bottom: 1px solid #ddd; text-align: right; }}
+.egath-map-table tbody th {{ text-align: left; }}
+.egath-map-table tr.reference {{ color: #666; font-style: italic; }}
+</style>
+<p>{esc(caption)}.</p>
+<table>
+<thead><tr><th rowspan="3">method</th>{head1}</tr><tr>{head2}</tr><tr>{head3}</tr></thead>
+<tbody>
+{chr(10).join(rows)}
+</tbody>
+</table>
+{notes_html}
+</div>
+"""
 
 
 def _spans(keys):

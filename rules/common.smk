@@ -158,7 +158,7 @@ def get_reference_table():
 
 def get_final_output():
     return [
-        *expand("results/tables/map.{ext}", ext=["csv", "md", "tex"]),
+        *expand("results/tables/map.{ext}", ext=["csv", "md", "tex", "html"]),
         *expand(
             "results/figures/{kind}_{dataset}_{bits}.{ext}",
             kind=["pr", "topn", "loss"],

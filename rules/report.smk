@@ -10,6 +10,11 @@ rule tables:
         ),
         md="results/tables/map.md",
         tex="results/tables/map.tex",
+        html=report(
+            "results/tables/map.html",
+            caption="../report/map_table.rst",
+            category="Tables",
+        ),
     log:
         "logs/tables.log",
     conda:

@@ -81,7 +81,7 @@ def test_map_table_aggregates_seeds_and_bolds_only_clear_wins(tmp_path):
     runs += [_metrics("flickr", "dcmh", 16, i2t, t2i, seed) for seed, (i2t, t2i) in
              enumerate([(0.77, 0.695), (0.78, 0.705), (0.79, 0.715)])]
     paths = [tmp_path / n for n in ("map.csv", "map.md", "map.tex")]
-    aggregate = R.write_map_table(runs, *paths)
+    aggregate = R.write_map_table(runs, *paths, html_path=tmp_path / "map.html")
     by_key = {(r["method"], r["task"]): r for r in aggregate}
     assert by_key[("egath", "i2t")]["map"] == pytest.approx(0.81)
     assert by_key[("egath", "i2t")]["map_std"] == pytest.approx(0.01)  # sample std of 0.80, 0.81, 0.82
@@ -96,6 +96,9 @@ def test_map_table_aggregates_seeds_and_bolds_only_clear_wins(tmp_path):
     assert body["dcmh"]["flickr t2i 16"] == "0.7050 ± 0.0100"
     assert "mean ± std over 3 training seed(s)" in paths[1].read_text()
     assert r"\textbf{0.8100 $\pm$ 0.0100}" in paths[2].read_text()
+    page = (tmp_path / "map.html").read_text()
+    assert "<td><b>0.8100 ± 0.0100</b></td>" in page and "<td>0.7100 ± 0.0100</td>" in page
+    assert page.count("<tr") == 3 + 3  # three header rows; egath, dcmh, random codes
 
 
 def _md_cells(text):
@@ -169,3 +172,78 @@ def test_figures_are_valid_png_and_pdf(tmp_path, metrics, plot):
     with pytest.raises(ValueError, match="no runs"):
         plot(metrics, "flickr", 128, tmp_path / "g.png", tmp_path / "g.pdf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.pdf", "f.png"]
+
+
+# --------------------------------------------------------------------------- loss curves and reference tables
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def _history(method, seed, totals, validation=None):
+    epochs = [{"epoch": e + 1, "lr": 1e-3, "seconds": 0.1, "total": t, "quantization": t / 2,
+               **({"validation_map": validation[e]} if validation else {})}
+              for e, t in enumerate(totals)]
+    return {"method": method, "dataset": "flickr", "bits": 16, "history": epochs,
+            "protocol": {"training_seed": seed}}
+
+
+def test_loss_curves_draw_the_mean_of_each_term_per_method(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(R, "_save", lambda fig, png, pdf: figures.append(fig))
+    histories = [_history("egath", 0, [4.0, 2.0, 1.0]), _history("egath", 1, [6.0, 4.0, 3.0]),
+                 _history("dsph", 0, [1.0, 0.5, 0.25], validation=[0.3, 0.5, 0.4]),
+                 {**_history("itq", 0, []), "history": []}]  # closed form: nothing to draw
+    R.plot_loss_curves(histories, "flickr", 16, tmp_path / "l.png", tmp_path / "l.pdf")
+    (fig,) = figures
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_visible()}
+    assert set(panels) == {"egath", "dsph", "validation mAP (mean of i2t, t2i)"}
+    egath = {line.get_label(): list(line.get_ydata()) for line in panels["egath"].get_lines()}
+    assert egath == {"quantization": [2.5, 1.5, 1.0]}  # the terms, mean over the two seeds
+    assert list(panels["egath"].get_lines()[0].get_xdata()) == [1, 2, 3]
+    validation = {line.get_label(): list(line.get_ydata()) for line in panels["validation mAP (mean of i2t, t2i)"].get_lines()}
+    assert validation == {"dsph": [0.3, 0.5, 0.4]}
+
+
+def test_loss_curves_of_real_files_are_a_png_and_a_pdf(tmp_path):
+    import torch
+
+    for method, totals in (("egath", [3.0, 2.0]), ("dchmt", [1.0, 0.8])):
+        torch.save({**_history(method, 0, totals), "config": {"seed": 0}, "state_dict": {}},
+                   tmp_path / f"{method}.pt")
+    histories = [R.read_history(tmp_path / f"{m}.pt") for m in ("egath", "dchmt")]
+    assert histories[0]["protocol"] == {"training_seed": 0} and "state_dict" not in histories[0]
+    R.plot_loss_curves(histories, "flickr", 16, tmp_path / "l.png", tmp_path / "l.pdf")
+    assert imread(tmp_path / "l.png").shape[1] > 400
+    assert (tmp_path / "l.pdf").read_bytes().startswith(b"%PDF")
+    with pytest.raises(ValueError, match="closed-form"):
+        R.plot_loss_curves([{**_history("itq", 0, []), "history": []}], "flickr", 16,
+                           tmp_path / "i.png", tmp_path / "i.pdf")
+
+
+@pytest.mark.parametrize("row, message", [
+    ("flickr,EGATH,16,i2t,,paper", r"ref.csv:3: missing \['map'\]"),
+    ("flickr,EGATH,16,image2text,0.8,paper", r"ref.csv:3: task must be one of"),
+])
+def test_reference_table_reader_names_the_bad_line(tmp_path, row, message):
+    path = tmp_path / "ref.csv"
+    path.write_text("dataset,method,bits,task,map,source\nflickr,EGATH,16,t2i,0.8,paper\n" + row + "\n")
+    with pytest.raises(ValueError, match=message):
+        R.read_reference_table(path)
+    assert R.read_reference_table() == []
+
+
+def test_the_shipped_reference_table_is_complete_and_plausible():
+    import yaml
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    path = REPO / config["report"]["reference_table"]
+    rows = R.read_reference_table(path)
+    assert len(rows) == 54
+    cells = {}
+    for row in rows:
+        assert row["dataset"] in config["datasets"] and int(row["bits"]) in config["bits"]
+        assert 0.3 < float(row["map"]) < 1 and row["source"]
+        cells.setdefault((row["dataset"], row["method"], row["task"]), []).append(int(row["bits"]))
+    # every published method on every dataset and task, at each of the three code lengths once
+    assert all(sorted(bits) == [16, 32, 64] for bits in cells.values())
+    assert {m for _, m, _ in cells} == {"DCMH", "DADH", "DCHMT"} and len(cells) == 3 * 3 * 2

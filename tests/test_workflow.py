@@ -177,6 +177,13 @@ def test_report_holds_the_table_and_figures(demo_run):
     snakemake(workdir, "--report", "report.html", config=config)
     html = (workdir / "report.html").read_text(errors="replace")
     assert "map.csv" in html and "pr_tiny_16.png" in html
+    # the first page holds the mAP table itself (mean over seeds as in map.csv) and what was run
+    with open(workdir / "results/tables/map.csv") as f:
+        means = [r for r in csv.DictReader(f) if r["seed"] == "mean"]
+    assert "egath-map-table" in html
+    for row in means:
+        assert f"{float(row['map']):.4f} \\u00b1 {float(row['map_std']):.4f}" in html
+    assert "Training seeds:</strong> 0, 1" in html and "random weights" in html
 
 
 @pytest.mark.parametrize("change, message", [
@@ -254,3 +261,64 @@ def test_every_log_says_what_its_job_did_without_noise(demo_run):
     assert epochs and all("tiny egath 8 bits seed " in line for line in epochs)
     extraction = (workdir / "logs/extract_features/tiny/egath-tiny-vit_none.log").read_text()
     assert "120/120" in extraction  # the progress bar's last state, as a line
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def test_a_killed_training_job_resumes_with_rerun_incomplete(tmp_path):
+    """SIGKILL of the training job after a checkpoint; the rerun picks up from that epoch."""
+    import signal
+    import time
+
+    import torch
+
+    epochs = 400
+    config = write_config(tmp_path / "kill.yaml", {
+        **TINY_CONFIG, "bits": [8], "seeds": [0], "training": {**TINY_CONFIG["training"], "epochs": epochs}})
+    run = tmp_path / "results/tiny/egath/8/seed0"
+    cmd = [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--cores", "1",
+           "--configfile", str(config), "--replace-workflow-config"]
+    with open(tmp_path / "first.out", "w") as out:
+        first = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        deadline = time.monotonic() + 400
+        while not (run / "model.pt.ckpt").exists():
+            assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "first.out").read_text()
+            time.sleep(0.05)
+        jobs = [p for p in descendants(first.pid)
+                if "train.py" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
+        assert jobs, "no training job found"
+        for pid in jobs:
+            os.kill(pid, signal.SIGKILL)
+        assert first.wait(timeout=120) != 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert not (run / "model.pt").exists()
+    done = torch.load(run / "model.pt.ckpt", weights_only=False)["epoch"]
+    assert 1 <= done < epochs
+
+    snakemake(tmp_path, "--cores", "1", "--rerun-incomplete", config=config)
+    log = (tmp_path / "logs/train/tiny/egath/8.log").read_text()
+    assert f"resuming from {run / 'model.pt.ckpt'} after epoch {done}" in log.replace(str(tmp_path) + "/", "")
+    ran = [int(m) for m in re.findall(rf"epoch (\d+)/{epochs}", log)]
+    assert ran == list(range(done + 1, epochs + 1))  # only the epochs left, each once
+    history = torch.load(run / "model.pt", weights_only=False)["history"]
+    assert [h["epoch"] for h in history] == list(range(1, epochs + 1))
+    assert not (run / "model.pt.ckpt").exists() and (run / "metrics.json").exists()
