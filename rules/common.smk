@@ -29,6 +29,12 @@ DATASETS = list(config["datasets"])
 BITS = config["bits"]
 METHODS = list(config["methods"])
 SEEDS = config["seeds"]
+EXAMPLE_METHODS = config["report"]["retrieval_examples"]
+for _method in EXAMPLE_METHODS:
+    if _method not in METHODS:
+        raise ValueError(
+            f"config key report.retrieval_examples: {_method!r} is not in methods {METHODS}"
+        )
 
 
 wildcard_constraints:
@@ -99,7 +105,11 @@ def get_train_params(wildcards):
 
     Only this job's slice of the config reaches it, so an edit reruns only the jobs it concerns.
     """
-    job = {"dataset": wildcards.dataset, "bits": int(wildcards.bits), "method": wildcards.method}
+    job = {
+        "dataset": wildcards.dataset,
+        "bits": int(wildcards.bits),
+        "method": wildcards.method,
+    }
     params = dict(config["training"])
     for override in config["train_overrides"]:
         if all(is_match(override.get(key), value) for key, value in job.items()):
@@ -163,6 +173,13 @@ def get_final_output():
             "results/figures/{kind}_{dataset}_{bits}.{ext}",
             kind=["pr", "topn", "loss"],
             dataset=DATASETS,
+            bits=BITS,
+            ext=["png", "pdf"],
+        ),
+        *expand(
+            "results/figures/examples_{dataset}_{method}_{bits}.{ext}",
+            dataset=DATASETS,
+            method=EXAMPLE_METHODS,
             bits=BITS,
             ext=["png", "pdf"],
         ),
