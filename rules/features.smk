@@ -31,7 +31,7 @@ rule extract_features:
     threads: max(1, config["clip"]["num_workers"])
     resources:
         gpu=1,
-        mem_mb=16000,
+        mem_mb=8000,
         runtime=240,
     params:
         model=config["clip"]["model"],
