@@ -226,7 +226,7 @@ def _html(table, columns, notes, caption) -> str:
     return f"""<div class="egath-map-table">
 <style>
 .egath-map-table table {{ border-collapse: collapse; font-size: 0.9em; }}
-.egath-map-table th, .egath-map-table td {{ padding: 2px 8px; border-bottom: 1px solid #ddd; text-align: right; }}
+.egath-map-table th, .egath-map-table td {{ padding: 2px 8px; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }}
 .egath-map-table tbody th {{ text-align: left; }}
 .egath-map-table tr.reference {{ color: #666; font-style: italic; }}
 </style>
