@@ -91,7 +91,7 @@ def mean_average_precision(query_codes, database_codes, query_labels, database_l
     Queries with no relevant item in the whole database are left out of the mean; if every
     query is left out the result is 0.0.
 
-    `threads` sets how many query blocks are processed in parallel (default: the available
+    `threads` sets how many threads share the queries (default: the available
     cores, at most OMP_NUM_THREADS when set, at most 8); the result does not depend on it.
     """
     problem = _Problem(query_codes, database_codes, query_labels, database_labels)
