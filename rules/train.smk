@@ -34,5 +34,6 @@ rule train:
         seeds=SEEDS,
         protocol=get_protocol,
         device=config["device"],
+        gpu_slots=config["gpu_slots"],
     script:
         "../scripts/train.py"

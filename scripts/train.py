@@ -21,7 +21,7 @@ train_and_evaluate(
     codes=snakemake.output.codes,
     metrics=snakemake.output.metrics,
     protocol=snakemake.params.protocol,
-    device=select_device(snakemake.params.device),
+    device=select_device(snakemake.params.device, gpu_slots=snakemake.params.gpu_slots),
     dataset=snakemake.wildcards.dataset,
     threads=snakemake.threads,
 )
