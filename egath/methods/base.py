@@ -48,9 +48,11 @@ def exponential_decay(cfg, params, progress: float) -> float:
     return (cfg.lr_min / cfg.lr) ** (math.floor(progress) / max(cfg.epochs, 1))
 
 
-def warmup_cosine(warmup: float, done: float) -> float:
-    """BERT's warmup_cosine schedule (DCHMT's and DSPH's BertAdam): done / warmup while the
-    share of training done is below `warmup`, then 0.5 (1 + cos(pi done))."""
+def warmup_cosine(cfg, params, progress: float) -> float:
+    """BERT's warmup_cosine schedule (DCHMT's and DSPH's BertAdam) over all the steps of
+    training: x / w while the share of training done x = progress / epochs is below
+    w = params.warmup_proportion, then 0.5 (1 + cos(pi x))."""
+    done, warmup = progress / cfg.epochs, params.warmup_proportion
     return done / warmup if done < warmup else 0.5 * (1.0 + math.cos(math.pi * done))
 
 

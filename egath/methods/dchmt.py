@@ -119,16 +119,11 @@ def optimizers(model: DCHMT, cfg, params: DchmtParams) -> list[torch.optim.Optim
     return [bert_adam([{"params": model.image_net.parameters()}, {"params": model.text_net.parameters()}], cfg)]
 
 
-def lr_scale(cfg, params: DchmtParams, progress: float) -> float:
-    """warmup_cosine over all the steps of training (t_total = batches x epochs)."""
-    return warmup_cosine(params.warmup_proportion, progress / cfg.epochs)
-
-
 METHOD = Method(
     name="dchmt", kind="supervised", source="kalenforn/DCHMT",
     summary="selecting hash layer (2-way softmax per bit); Euclidean pair loss on the selection "
             "vectors over I-T, I-I, T-T with margin sqrt(2 K vartheta)",
     build=lambda bits, cfg, params, data, graph: DCHMT.build(bits, cfg, params, data),
-    from_checkpoint=DCHMT.from_checkpoint, params=DchmtParams, optimizers=optimizers, lr_scale=lr_scale,
+    from_checkpoint=DCHMT.from_checkpoint, params=DchmtParams, optimizers=optimizers, lr_scale=warmup_cosine,
     # utils/get_args.py: --lr 0.001, --weight-decay 0.2, --batch-size 64
     training_defaults={"lr": 1e-3, "weight_decay": 0.2, "batch_size": 64})

@@ -141,16 +141,11 @@ def optimizers(model: DSPH, cfg, params: DsphParams) -> list[torch.optim.Optimiz
     return [heads, proxies]
 
 
-def lr_scale(cfg, params: DsphParams, progress: float) -> float:
-    """warmup_cosine over all the steps of training, for the hash layers (not the proxies)."""
-    return warmup_cosine(params.warmup_proportion, progress / cfg.epochs)
-
-
 METHOD = Method(
     name="dsph", kind="supervised", source="QinLab-WFU/DSPH",
     summary="tanh hash layer and learnable label proxies; cosine proxy loss with threshold zeta "
             "plus an irrelevant-pair term on multi-label samples",
     build=lambda bits, cfg, params, data, graph: DSPH.build(bits, cfg, params, data),
-    from_checkpoint=DSPH.from_checkpoint, params=DsphParams, optimizers=optimizers, lr_scale=lr_scale,
+    from_checkpoint=DSPH.from_checkpoint, params=DsphParams, optimizers=optimizers, lr_scale=warmup_cosine,
     # utils/get_args.py: --lr 0.001, --weight-decay 0.2, --batch-size 64
     training_defaults={"lr": 1e-3, "weight_decay": 0.2, "batch_size": 64})
