@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -68,6 +69,9 @@ def load_method(model: str):
     if where.endswith(".py"):
         spec = importlib.util.spec_from_file_location(f"egath_user_method_{abs(hash(where))}", where)
         module = importlib.util.module_from_spec(spec)
+        # registered before it runs, as an import would: dataclasses with string annotations
+        # (`from __future__ import annotations`) look their module up in sys.modules
+        sys.modules[spec.name] = module
         spec.loader.exec_module(module)
     else:
         module = importlib.import_module(where)
