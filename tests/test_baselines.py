@@ -320,3 +320,41 @@ def test_dsph_proxies_keep_a_constant_rate_in_training(separable_files, tmp_path
     (64, 16, -0.03125), (64, 80, 0.0), (128, 4, -0.328125), (128, 16, -0.0625)])
 def test_proxy_threshold_matches_dsph_code_table(bits, n_labels, zeta):
     assert dsph.proxy_threshold(bits, n_labels) == pytest.approx(zeta)
+
+
+# --------------------------------------------------------------------------- ITQ against PCA and chance
+
+
+def test_itq_projects_on_the_largest_variance_directions():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 10, generator=g, dtype=torch.float64) * torch.tensor([9.0, 7, 5, 4] + [0.3] * 6)
+    model = itq.ITQ(itq.ItqConfig(image_dim=10, text_dim=10, bits=4))
+    model.fit(x[:200].float(), x[200:].float(), seed=0)
+    z = torch.nn.functional.normalize(x.float().double(), dim=1)
+    z = z - z.mean(0)
+    top = torch.linalg.eigh(z.T @ z)[1][:, -4:]  # the four largest of ten
+    projection = model.projection.double()
+    torch.testing.assert_close(projection @ projection.T, top @ top.T, rtol=0, atol=1e-5)
+
+
+def test_itq_beats_chance_when_images_and_texts_share_a_space(tmp_path):
+    """PCA-ITQ is unsupervised: it needs both modalities in one space, as CLIP's are."""
+    from egath.graph import build_graph, clip_label_embeddings
+    from h5files import write_features, write_pairs
+    from separable import C, D, N, N_QUERY, N_TRAIN
+
+    rng = np.random.default_rng(1)
+    labels = np.zeros((N, C), np.uint8)
+    labels[np.arange(N), rng.integers(C, size=N)] = 1
+    centres = rng.standard_normal((C, D))  # one space: each label has one centre for both modalities
+    image = labels @ centres + 0.3 * rng.standard_normal((N, D))
+    text = labels @ centres + 0.3 * rng.standard_normal((N, D))
+    order = rng.permutation(N)
+    files = {"pairs": tmp_path / "pairs.h5", "features": tmp_path / "features.h5", "graph": tmp_path / "graph.h5"}
+    write_pairs(files["pairs"], labels, order[:N_QUERY], order[N_QUERY:N_QUERY + N_TRAIN], dataset="shared")
+    write_features(files["features"], image, text, rng.standard_normal((C, D)))
+    build_graph(files["pairs"], files["graph"], 0.3, *clip_label_embeddings(files["features"]))
+    training.train(files["pairs"], files["features"], files["graph"], tmp_path / "model.pt", "itq", BITS,
+                   dict(PARAMS), dataset="shared", spec={"model": "itq", "text": "clip"})
+    codes = encode_dataset(tmp_path / "model.pt", files["pairs"], files["features"], tmp_path / "codes.h5")
+    assert retrieval_map(codes) > random_codes_map(files) + 0.3

@@ -20,6 +20,7 @@ from egath.methods import egath as egath_method
 from egath.methods.base import binarize
 from egath.methods import model_from_checkpoint
 from egath.methods.egath import ModelConfig, build_model
+import separable
 from h5files import permutation_split, write_features, write_pairs
 
 
@@ -388,3 +389,149 @@ def test_training_killed_with_sigkill_resumes_to_the_same_codes(data_files, refe
     with h5py.File(tmp_path / "ref.h5") as a, h5py.File(tmp_path / "resumed.h5") as b:
         for key in ("query/image", "query/text", "database/image", "database/text"):
             np.testing.assert_array_equal(a[key][:], b[key][:])
+
+
+# --------------------------------------------------------------------------- wiring of the training loop
+
+
+class Recorder:
+    """Records, through EGATH's objective and model builder, what the training loop feeds them."""
+
+    def __init__(self, monkeypatch):
+        self.batches, self.h_at_epoch_end, self.outputs = [], [], []
+        self.initial_state, self.forward_inputs, self.training_flags = None, [], []
+        loss, end_epoch = egath_method.EgathObjective.loss, egath_method.EgathObjective.end_epoch
+        build = egath_method.build_model
+
+        def recording_loss(objective, out, labels, index):
+            self.batches.append(index.clone())
+            self.outputs.append((index.clone(), out["h_image"].detach().clone(), out["h_text"].detach().clone()))
+            return loss(objective, out, labels, index)
+
+        def recording_end_epoch(objective, h_image, h_text):
+            self.h_at_epoch_end.append((h_image.clone(), h_text.clone(), self.outputs))
+            self.outputs = []
+            return end_epoch(objective, h_image, h_text)
+
+        def recording_build(*args, **kwargs):
+            model = build(*args, **kwargs)
+            self.initial_state = {name: p.detach().clone() for name, p in model.named_parameters()}
+
+            def pre_hook(module, inputs):
+                self.forward_inputs.append(inputs[0].detach().clone())
+                self.training_flags.append(module.training)
+
+            model.register_forward_pre_hook(pre_hook)
+            return model
+
+        monkeypatch.setattr(egath_method.EgathObjective, "loss", recording_loss)
+        monkeypatch.setattr(egath_method.EgathObjective, "end_epoch", recording_end_epoch)
+        monkeypatch.setattr(egath_method, "build_model", recording_build)
+
+    def epochs(self):
+        return len(self.h_at_epoch_end)
+
+
+def test_a_resume_runs_only_the_epochs_left(data_files, tmp_path, monkeypatch, caplog):
+    out = tmp_path / "model.pt"
+    interrupt_in_epoch_2(monkeypatch, lambda: run_train(data_files, out))
+    recorder = Recorder(monkeypatch)
+    with caplog.at_level("INFO", logger="egath.training"):
+        result = run_train(data_files, out)
+    assert recorder.epochs() == 2  # epochs 2 and 3, not 1 again
+    assert "resuming from" in caplog.text and "after epoch 1" in caplog.text
+    assert [h["epoch"] for h in result["history"]] == [1, 2, 3]
+
+
+def test_each_batch_loss_reads_the_codes_of_its_own_samples():
+    cfg = training.TrainConfig(quantization_weight=1.0)
+    labels = torch.eye(4).repeat(3, 1)  # 12 samples
+    objective = egath_method.EgathObjective(cfg, labels, bits=6, use_triplet=False)
+    index = torch.tensor([9, 2, 7])
+    codes = objective.state.codes[index]
+    assert not torch.equal(codes, objective.state.codes[:3])  # B[:b] would be another B
+    terms = objective.loss({"h_image": codes, "h_text": codes}, labels[index], index)
+    assert float(terms["quantization"]) == 0.0
+
+
+def test_the_code_update_receives_every_network_output_of_the_epoch(data_files, tmp_path, monkeypatch):
+    recorder = Recorder(monkeypatch)
+    run_train(data_files, tmp_path / "model.pt")
+    assert recorder.epochs() == PARAMS["epochs"]
+    for h_image, h_text, outputs in recorder.h_at_epoch_end:
+        covered = torch.zeros(h_image.shape[0], dtype=torch.bool)
+        for index, out_image, out_text in outputs:
+            torch.testing.assert_close(h_image[index], out_image, rtol=0, atol=0)
+            torch.testing.assert_close(h_text[index], out_text, rtol=0, atol=0)
+            covered[index] = True
+        assert covered.all() and (h_image.abs() > 0).all()
+
+
+def test_every_epoch_visits_each_sample_once_in_a_new_order(data_files, tmp_path, monkeypatch):
+    recorder = Recorder(monkeypatch)
+    run_train(data_files, tmp_path / "model.pt")
+    per_epoch = len(recorder.batches) // PARAMS["epochs"]
+    orders = [torch.cat(recorder.batches[e * per_epoch:(e + 1) * per_epoch]) for e in range(PARAMS["epochs"])]
+    for order in orders:
+        assert sorted(order.tolist()) == list(range(N_TRAIN))
+    assert len({tuple(order.tolist()) for order in orders}) == PARAMS["epochs"]
+
+
+def test_training_moves_every_weight_from_its_initial_value(data_files, tmp_path, monkeypatch):
+    recorder = Recorder(monkeypatch)
+    result = run_train(data_files, tmp_path / "model.pt", params={**PARAMS, "epochs": 1})
+    trained = result["state_dict"]
+    moved = {name: not torch.equal(value, trained[name]) for name, value in recorder.initial_state.items()}
+    assert moved and all(moved.values()), [name for name, m in moved.items() if not m]
+
+
+def test_validation_pairs_never_reach_training_and_training_stays_in_train_mode(data_files, tmp_path, monkeypatch):
+    recorder = Recorder(monkeypatch)
+    params = {**PARAMS, "selection": "validation", "n_validation": 8}
+    run_train(data_files, tmp_path / "model.pt", params=params)
+    assert recorder.training_flags and all(recorder.training_flags)  # dropout on in every step
+    _, validation = training.split_validation(
+        training.load_split(data_files["pairs"], data_files["features"], "train"), 8, seed=0)
+    seen = {tuple(row.tolist()) for batch in recorder.forward_inputs for row in batch}
+    assert len(seen) == N_TRAIN - 8
+    assert not seen & {tuple(row.tolist()) for row in validation.image}
+
+
+def test_validation_map_leaves_the_model_in_train_mode(data_files, reference_run):
+    _, result = reference_run
+    model = reference_model(result, data_files["graph"]).train()
+    data = training.load_split(data_files["pairs"], data_files["features"], "train")
+    training.validation_map(model, data, "cpu")
+    assert model.training
+
+
+def test_egath_learns_far_above_chance_outside_the_workflow(separable_files, tmp_path):
+    files = separable_files
+    out = tmp_path / "model.pt"
+    params = dict(epochs=15, batch_size=32, d_model=32, ff_dim=32, feature_dim=32, gat_hidden=32,
+                  lr=1e-3, lr_min=1e-4, dropout=0.0, seed=0)
+    training.train(files["pairs"], files["features"], files["graph"], out, "egath", separable.BITS, params,
+                   dataset="separable")
+    codes = encode_dataset(out, files["pairs"], files["features"], tmp_path / "codes.h5")
+    assert separable.retrieval_map(codes) > separable.random_codes_map(files) + 0.25
+
+
+def test_a_checkpoint_of_other_data_with_the_same_sizes_is_not_resumed(data_files, tmp_path, monkeypatch, caplog):
+    """Another split_seed draws another training set of the same size: its checkpoint must not
+    be resumed (the run key holds a digest of the training data, not only n_train)."""
+    other = dict(data_files)
+    query, train = permutation_split(N, N_QUERY, N_TRAIN, seed=2)
+    with h5py.File(data_files["pairs"]) as f:
+        bow, labels = f["bow"][()], f["labels"][()]
+    other["pairs"] = tmp_path / "pairs.h5"
+    write_pairs(other["pairs"], labels, query, train, bow=bow, dataset="tiny", split_seed=2)
+    other["graph"] = tmp_path / "graph.h5"
+    build_graph_from_clip(other["pairs"], data_files["features"], other["graph"], 0.3)
+    interrupt_in_epoch_2(monkeypatch, lambda: run_train(other, tmp_path / "other.pt"))
+    (tmp_path / "other.pt.ckpt").rename(tmp_path / "model.pt.ckpt")
+
+    with caplog.at_level("INFO", logger="egath.training"):
+        resumed = run_train(data_files, tmp_path / "model.pt")
+    assert "ignoring" in caplog.text and "resuming" not in caplog.text
+    fresh = run_train(data_files, tmp_path / "fresh.pt")
+    assert_same_state(fresh["state_dict"], resumed["state_dict"])
