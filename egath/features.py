@@ -57,7 +57,11 @@ _RESUME_ATTRS = ("resume_key", "n_done_image", "n_done_text")
 # PIL's own default limit (Image.MAX_IMAGE_PIXELS): about 89 megapixels.
 MAX_IMAGE_PIXELS = 89_478_485
 UNREADABLE_POLICIES = ("error", "skip")
-_SETTINGS_HINT = ("(workflow config: clip.max_image_pixels, clip.unreadable_images)")
+_PIXELS_HINT = ("raise max_image_pixels to read it (decoding and resizing take about 4 bytes per "
+                "pixel of memory), or skip such images with unreadable_images: skip (workflow "
+                "config: clip.max_image_pixels, clip.unreadable_images)")
+_SKIP_HINT = ("To leave out the images that cannot be read, with a list in the log, set "
+              "unreadable_images: skip (workflow config: clip.unreadable_images)")
 
 _registered: set[str] = set()
 
@@ -255,8 +259,11 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), "L").convert("RGB")
 
 
-def open_image(path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Open an image as 8-bit RGB; refuse one of more than `max_pixels` pixels before decoding it.
+def open_image(path, max_pixels: int = MAX_IMAGE_PIXELS, shortest_side: int | None = None) -> Image.Image:
+    """Open an image as 8-bit RGB; refuse, before decoding it, one of more than `max_pixels`
+    pixels, or one that resizing its shortest side to `shortest_side` (the encoder's
+    preprocessing) would make larger than that: a 200,000 x 1 image has few pixels, but
+    resized to a shortest side of 64 it has 819 million.
 
     PIL's own decompression-bomb check is replaced by this one: PIL warns below twice its
     limit without naming the file, and its error names no setting to change.
@@ -270,12 +277,15 @@ def open_image(path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     with im:
         width, height = im.size
         if width * height > max_pixels:
-            raise ValueError(
-                f"{width} x {height} = {width * height:,} pixels, more than max_image_pixels = "
-                f"{max_pixels:,}; raise it to read this image (decoding takes about 4 bytes "
-                "per pixel of memory), or skip such images with unreadable_images: skip "
-                + _SETTINGS_HINT
-            )
+            raise ValueError(f"{width} x {height} = {width * height:,} pixels, more than "
+                             f"max_image_pixels = {max_pixels:,}; " + _PIXELS_HINT)
+        if shortest_side and min(width, height) > 0:
+            scale = shortest_side / min(width, height)
+            resized = round(width * scale) * round(height * scale)
+            if resized > max_pixels:
+                raise ValueError(f"{width} x {height} pixels: resized to a shortest side of "
+                                 f"{shortest_side} for the encoder it has {resized:,} pixels, more "
+                                 f"than max_image_pixels = {max_pixels:,}; " + _PIXELS_HINT)
         return to_rgb(im)
 
 
@@ -283,12 +293,13 @@ class _ImageDataset(Dataset):
     """Images of the given rows. Errors are returned, not raised, so the main process
     can report them cleanly (an exception in a worker arrives wrapped in a traceback)."""
 
-    def __init__(self, paths, rows, preprocess, shape, max_pixels: int):
+    def __init__(self, paths, rows, preprocess, shape, max_pixels: int, shortest_side: int | None):
         self.paths = paths
         self.rows = list(rows)
         self.preprocess = preprocess
         self.shape = tuple(shape)
         self.max_pixels = max_pixels
+        self.shortest_side = shortest_side
 
     def __len__(self):
         return len(self.rows)
@@ -296,7 +307,7 @@ class _ImageDataset(Dataset):
     def __getitem__(self, i):
         row = self.rows[i]
         try:
-            x = self.preprocess(open_image(self.paths[row], self.max_pixels))
+            x = self.preprocess(open_image(self.paths[row], self.max_pixels, self.shortest_side))
             return row, x, ""
         except Exception as e:  # PIL raises assorted types for bad files
             return row, torch.zeros(self.shape), f"{type(e).__name__}: {e}"
@@ -500,7 +511,7 @@ def extract_features(
         # orphaned workers would keep the .partial locked for a rerun.
         f.close()
         batches = _image_batches(paths, done_i, preprocess, size, batch_size, num_workers, dev,
-                                 int(max_image_pixels))
+                                 int(max_image_pixels), pp.get("resize_mode", "shortest"))
         try:
             with h5py.File(partial, "r+") as f:
                 f["label_text"][...] = label_f16
@@ -538,13 +549,17 @@ def extract_features(
     return out_h5
 
 
-def _image_batches(paths, start, preprocess, size, batch_size, num_workers, dev, max_pixels):
+def _image_batches(paths, start, preprocess, size, batch_size, num_workers, dev, max_pixels,
+                   resize_mode):
     """Iterator over (rows, images, errors) batches of rows start..n-1; workers start now."""
     n = len(paths)
     if start >= n:
         return iter(())
+    # open_clip's "shortest" mode resizes the shortest side to the crop size, then crops;
+    # its other modes resize to at most the crop size
+    shortest_side = min(size) if resize_mode == "shortest" else None
     loader = DataLoader(
-        _ImageDataset(paths, range(start, n), preprocess, (3, *size), max_pixels),
+        _ImageDataset(paths, range(start, n), preprocess, (3, *size), max_pixels, shortest_side),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
@@ -569,11 +584,7 @@ def _encode_images(f, batches, model, data, pairs_h5, start, dev, amp, progress,
                 r = int(rows[i])
                 where = f"image {paths[r]!r} ({_row_name(r, ids)} of {str(pairs_h5)!r})"
                 if unreadable_images == "error":
-                    raise FeatureInputError(
-                        f"cannot read {where}: {errors[i]}. To leave out the images that "
-                        "cannot be read, with a list in the log, set unreadable_images: skip "
-                        + _SETTINGS_HINT
-                    )
+                    raise FeatureInputError(f"cannot read {where}: {errors[i]}. {_SKIP_HINT}")
                 log(f"skipping {where}: {errors[i]}")
             lo, hi = int(rows[0]), int(rows[-1]) + 1
             with torch.autocast("cuda", dtype=torch.float16, enabled=amp):

@@ -507,3 +507,15 @@ def test_non_finite_embeddings_name_their_rows(data, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"image embeddings holds NaN or inf in 1 row\(s\): 5 \(id 's0005'\)"):
         F.extract_features(pairs, out, MODEL, "none", batch_size=N, num_workers=0, progress=False)
     assert not out.exists()
+
+
+def test_an_extreme_aspect_ratio_is_refused_before_resizing_blows_it_up(tmp_path):
+    """2,000 x 1 has few pixels; resized to the encoder's shortest side of 64 it has 8 million."""
+    images = [Image.new("RGB", (100, 64), "red"), Image.new("RGB", (2000, 1), "blue")]
+    pairs, paths = one_image_pairs(tmp_path, images)
+    with pytest.raises(F.FeatureInputError) as e:
+        F.extract_features(pairs, tmp_path / "f.h5", MODEL, "none", num_workers=0, progress=False,
+                           max_image_pixels=10_000)
+    msg = str(e.value)
+    assert str(paths[1]) in msg and "shortest side of 64" in msg and "8,192,000 pixels" in msg
+    assert "clip.max_image_pixels" in msg
