@@ -14,7 +14,7 @@ for the CNN-F the authors fine-tune, followed by their fc8 hash layer; the text 
 theirs, a two-layer MLP. Both inputs are centred on their training means, as the authors feed
 mean-free images and tags. The outputs carry no tanh (as theirs); h = tanh(output) is what the
 interface shows, with the same sign.
-Differences from the authors' code: /work/notes/method-dcmh.md (docs/methods.md).
+Differences from the authors' code: docs/methods.md.
 """
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ INIT_STD = 0.01  # net_structure_txt.m, net_structure_img.m: weights and biases 
 
 @dataclass(frozen=True)
 class DcmhParams:
-    gamma: float = 1.0  # weight of the quantization term (DCMH_matlab/DCMH_demo.m param.gamma)
-    eta: float = 1.0  # weight of the bit-balance term (DCMH_matlab/DCMH_demo.m param.eta)
-    text_hidden: int = 8192  # the text MLP's hidden layer (DCMH_matlab/net_structure_txt.m)
+    gamma: float = 1.0  # weight of the quantization term (DCMH_matlab/DCMH_release/DCMH_demo.m param.gamma)
+    eta: float = 1.0  # weight of the bit-balance term (DCMH_matlab/DCMH_release/DCMH_demo.m param.eta)
+    text_hidden: int = 8192  # the text MLP's hidden layer (DCMH_matlab/DCMH_release/net_structure_txt.m)
 
 
 @dataclass

@@ -13,7 +13,7 @@ On our frozen cached features:
 - text: GCDH's own MLP on the bag-of-words (models/txt_model.py TXT): three Linear + BatchNorm +
   ReLU layers of widths 4F, 2F, F (8192, 4096, 2048 at GCDH's F = 2048);
 - hash layers: Linear + tanh per modality, kaiming-normal weights and zero biases as GCDH.
-Differences from the authors' code: /work/notes/method-gcdh.md (docs/methods.md).
+Differences from the authors' code: docs/methods.md.
 """
 from __future__ import annotations
 
