@@ -29,7 +29,11 @@ def encode_dataset(model_path, pairs_path, features_path, out_path, device: str 
 
     A model trained on other data (dataset, split, label set, source rows, CLIP encoder) than
     `pairs_path` and `features_path` is refused (egath.lineage.MismatchError)."""
-    ckpt = torch.load(model_path, map_location="cpu", weights_only=False)
+    try:
+        ckpt = torch.load(model_path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch's message names no file
+        raise ValueError(f"{model_path}: not a readable model file (truncated or corrupt?): {str(e).rstrip('.')}. "
+                         "Delete it and run again to train it again") from e
     check_model(model_path, ckpt, pairs_path, pairs_lineage(pairs_path), features_path)
     model = model_from_checkpoint(ckpt).to(device).eval()
     with atomic_output(out_path) as tmp, h5py.File(tmp, "w") as f:

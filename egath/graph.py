@@ -88,6 +88,7 @@ def build_graph(pairs_path, out_path, threshold: float, node_features: np.ndarra
     graph is never used with pairs it was not built from."""
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"cooccurrence threshold must be in (0, 1], got {threshold}")
+    lineage = pairs_lineage(pairs_path)  # first: it checks the splits
     with open_h5(pairs_path, ("labels", "label_names", "split/train")) as pairs:
         train = pairs["split/train"][:]
         labels = pairs["labels"][:][train]
@@ -97,7 +98,6 @@ def build_graph(pairs_path, out_path, threshold: float, node_features: np.ndarra
                          f"{len(label_names)} labels in {pairs_path}")
     check_finite(node_features, f"label embeddings ({node_features_source})")
     counts, conditional, adjacency = cooccurrence_graph(labels, threshold)
-    lineage = pairs_lineage(pairs_path)
     with atomic_output(out_path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs.update(threshold=threshold, node_features_source=node_features_source,
                        **{key: lineage[key] for key in ("dataset", "split_sha256", "labels_sha256")})

@@ -32,13 +32,29 @@ def split_digest(splits: dict) -> str:
     return h.hexdigest()
 
 
+def check_splits(pairs_path, n: int, splits: dict) -> None:
+    """Each split holds sorted rows of 0..n-1 without repeats, the query and database sets are
+    disjoint, and the training set is part of the database (egath.datasets.manifest.split_indices)."""
+    for name, rows in splits.items():
+        if rows.size and (rows.min() < 0 or rows.max() >= n):
+            raise ValueError(f"{pairs_path}: split/{name} holds rows outside 0..{n - 1}")
+        if np.any(np.diff(rows) <= 0):
+            raise ValueError(f"{pairs_path}: split/{name} is not sorted, or repeats rows")
+    if np.intersect1d(splits["query"], splits["database"]).size:
+        raise ValueError(f"{pairs_path}: split/query and split/database share rows")
+    if not np.isin(splits["train"], splits["database"]).all():
+        raise ValueError(f"{pairs_path}: split/train holds rows that are not in split/database")
+
+
 def pairs_lineage(pairs_path) -> dict:
-    """dataset, vocabulary, split, label-set and source-row digests and the row count of a pairs.h5."""
+    """dataset, vocabulary, split, label-set and source-row digests and the row count of a
+    pairs.h5, whose splits are checked (check_splits)."""
     with open_h5(pairs_path, ("image_paths", "texts", "label_names",
                               *(f"split/{s}" for s in SPLITS))) as f:
         paths, texts = string_array(f["image_paths"][()]), string_array(f["texts"][()])
         labels = string_array(f["label_names"][()])
         splits = {name: f[f"split/{name}"][()] for name in SPLITS}
+    check_splits(pairs_path, len(paths), splits)
     return {**pairs_facts(pairs_path), "rows": len(paths), "split_sha256": split_digest(splits),
             "labels_sha256": strings_digest(labels),
             # what a features file was extracted from (egath.features records the same digest)

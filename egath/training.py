@@ -198,7 +198,11 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
             _link(reuse_path, out_path)
             return done
     if checkpoint_path.exists():
-        ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        try:
+            ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        except Exception as e:  # damaged (a disk full, a copy cut short): it is only a cache
+            run_log.warning("ignoring %s: unreadable (%s: %s)", checkpoint_path, type(e).__name__, e)
+            ckpt = {"run_key": None}
         if ckpt["run_key"] == run_key:
             model.load_state_dict(ckpt["state_dict"])
             for opt, state in zip(optimizers, ckpt["optimizers"]):

@@ -166,3 +166,27 @@ def test_a_loss_that_diverges_names_the_run(separable_files, tmp_path, monkeypat
     with pytest.raises(FloatingPointError) as e:
         train(separable_files, tmp_path / "model.pt")
     assert "separable egath 8 bits seed 0, epoch 1" in str(e.value) and "diverged" in str(e.value)
+
+
+def test_a_truncated_model_file_is_named(separable_files, model, tmp_path):
+    cut = tmp_path / "model.pt"
+    cut.write_bytes(model.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=f"{cut}: not a readable model file.*Delete it"):
+        encode_dataset(cut, separable_files["pairs"], separable_files["features"], tmp_path / "codes.h5")
+
+
+@pytest.mark.parametrize("split, change, message", [
+    ("train", lambda rows: np.append(rows[:-1], 10_000), r"split/train holds rows outside 0\.\.119"),
+    ("train", lambda rows: rows[::-1].copy(), "split/train is not sorted, or repeats rows"),
+    ("query", lambda rows: np.sort(np.append(rows[:-1], min(set(range(N)) - set(rows)))),
+     "split/query and split/database share rows"),
+])
+def test_a_damaged_split_is_named_by_every_stage(separable_files, tmp_path, split, change, message):
+    with h5py.File(separable_files["pairs"]) as f:
+        rows = f[f"split/{split}"][()]
+    pairs = variant(separable_files["pairs"], tmp_path / "pairs.h5", datasets={f"split/{split}": change(rows)})
+    with pytest.raises(ValueError, match=f"{pairs}: ({message})"):
+        build_graph(pairs, tmp_path / "graph.h5", 0.3, *clip_label_embeddings(separable_files["features"]))
+    with pytest.raises(ValueError, match=message):
+        train(separable_files, tmp_path / "model.pt", pairs=pairs)
+    assert not (tmp_path / "graph.h5").exists() and not (tmp_path / "model.pt").exists()

@@ -535,3 +535,11 @@ def test_a_checkpoint_of_other_data_with_the_same_sizes_is_not_resumed(data_file
     assert "ignoring" in caplog.text and "resuming" not in caplog.text
     fresh = run_train(data_files, tmp_path / "fresh.pt")
     assert_same_state(fresh["state_dict"], resumed["state_dict"])
+
+
+def test_an_unreadable_checkpoint_is_ignored_not_fatal(data_files, reference_run, tmp_path, caplog):
+    (tmp_path / "model.pt.ckpt").write_bytes(b"cut short")
+    with caplog.at_level("INFO", logger="egath.training"):
+        result = run_train(data_files, tmp_path / "model.pt")
+    assert "unreadable" in caplog.text and str(tmp_path / "model.pt.ckpt") in caplog.text
+    assert_same_state(reference_run[1]["state_dict"], result["state_dict"])
