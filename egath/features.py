@@ -221,8 +221,10 @@ def _check_image_files(paths, ids, pairs_h5: Path) -> None:
         try:
             if not stat.S_ISREG(os.stat(p).st_mode):
                 problems.append((row, "is a directory or other non-file"))
-        except OSError:
-            problems.append((row, "does not exist"))
+        except FileNotFoundError:
+            problems.append((row, "does not exist (or is a link to nothing)"))
+        except OSError as e:  # a link loop, a folder without search permission
+            problems.append((row, f"cannot be looked up: {e.strerror}"))
     if problems:
         shown = "; ".join(f"{paths[r]!r} {what} ({_row_name(r, ids)})" for r, what in problems[:10])
         more = f"; and {len(problems) - 10} more" if len(problems) > 10 else ""

@@ -519,3 +519,17 @@ def test_an_extreme_aspect_ratio_is_refused_before_resizing_blows_it_up(tmp_path
     msg = str(e.value)
     assert str(paths[1]) in msg and "shortest side of 64" in msg and "8,192,000 pixels" in msg
     assert "clip.max_image_pixels" in msg
+
+
+def test_a_fifo_or_a_link_loop_is_refused_not_waited_on(tmp_path):
+    """PIL's open of a named pipe waits for a writer forever; a link loop is no file either."""
+    pairs, paths = make_dataset(tmp_path, n=4)
+    paths[1].unlink()
+    os.mkfifo(paths[1])
+    paths[2].unlink()
+    paths[2].symlink_to(paths[2])
+    with pytest.raises(F.FeatureInputError) as e:
+        F.extract_features(pairs, tmp_path / "o.h5", MODEL, "none", num_workers=0, progress=False)
+    msg = str(e.value)
+    assert f"{str(paths[1])!r} is a directory or other non-file" in msg
+    assert f"{str(paths[2])!r} cannot be looked up: Too many levels of symbolic links" in msg
