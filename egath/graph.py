@@ -114,6 +114,13 @@ def load_graph(path: str | Path) -> LabelGraph:
         graph = LabelGraph(f["cooccurrence"][:], f["conditional"][:], f["adjacency"][:],
                            f["node_features"][:], string_array(f["label_names"][:]))
     check_finite(graph.node_features, f"{path}: node_features")
+    c = len(graph.label_names)
+    if graph.adjacency.shape != (c, c) or graph.node_features.shape[0] != c:
+        raise ValueError(f"{path}: adjacency {graph.adjacency.shape} and node_features "
+                         f"{graph.node_features.shape} do not fit its {c} label names")
+    if not np.isin(graph.adjacency, (0, 1)).all() or not np.all(np.diag(graph.adjacency) == 1):
+        raise ValueError(f"{path}: adjacency must hold 0 or 1, with ones on the diagonal (every "
+                         "label attends to itself); delete the file and run again to rebuild it")
     return graph
 
 

@@ -190,3 +190,16 @@ def test_a_damaged_split_is_named_by_every_stage(separable_files, tmp_path, spli
     with pytest.raises(ValueError, match=message):
         train(separable_files, tmp_path / "model.pt", pairs=pairs)
     assert not (tmp_path / "graph.h5").exists() and not (tmp_path / "model.pt").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a: np.zeros_like(a), "ones on the diagonal"),
+    (lambda a: a * 2, "must hold 0 or 1"),
+    (lambda a: a[:-1, :-1], "do not fit its 4 label names"),
+])
+def test_a_damaged_graph_is_named(separable_files, tmp_path, change, message):
+    with h5py.File(separable_files["graph"]) as f:
+        adjacency = f["adjacency"][()]
+    graph = variant(separable_files["graph"], tmp_path / "graph.h5", datasets={"adjacency": change(adjacency)})
+    with pytest.raises(ValueError, match=f"{graph}: .*{message}"):
+        train(separable_files, tmp_path / "model.pt", graph=graph)
