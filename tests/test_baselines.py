@@ -4,7 +4,6 @@ saved, rebuilt from model.pt and encoded."""
 
 import math
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -13,14 +12,8 @@ from egath.methods import dchmt, dsph, itq
 from egath import training
 from egath.encoding import encode_dataset
 from egath.methods.base import binarize
-from egath.methods import MethodSpec, model_from_checkpoint
-from separable import BITS, random_codes_map, retrieval_map
-
-
-def assert_grad_close(fast, slow, inputs):
-    # the two losses may share the graph of their inputs (a softmax): keep it for the second pass
-    for a, b in zip(torch.autograd.grad(fast, inputs, retain_graph=True), torch.autograd.grad(slow, inputs)):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+from egath.methods import MethodSpec
+from separable import BITS, assert_grad_close, random_codes_map, retrieval_map, train_rebuild_encode
 
 
 # --------------------------------------------------------------------------- DCHMT
@@ -196,39 +189,17 @@ PARAMS = dict(epochs=15, batch_size=32, feature_dim=32, lr=1e-2, lr_min=1e-3, dr
 
 @pytest.mark.parametrize("model, text", [("dchmt", "clip"), ("dsph", "clip"), ("dsph", "bow"), ("itq", "clip")])
 def test_baseline_trains_saves_and_encodes(separable_files, tmp_path, model, text):
-    files = separable_files
-    out = tmp_path / "model.pt"
     # DCHMT's pairwise loss on 2-way softmaxes learns more slowly than DSPH's proxies
     params = {**PARAMS, "epochs": 30} if model == "dchmt" else PARAMS
-    result = training.train(files["pairs"], files["features"], files["graph"], out, f"{model}-{text}", BITS,
-                            dict(params), dataset="separable", spec={"model": model, "text": text})
-    assert out.exists() and not (tmp_path / "model.pt.ckpt").exists()
-    if model == "itq":
-        assert result["history"] == [] and result["epoch_selection"] == "closed form (no training epochs)"
+    closed_form = model == "itq"
+    result, score = train_rebuild_encode(separable_files, tmp_path, model, text, params,
+                                         loss_falls_from=None if closed_form else 1)
+    if closed_form:
+        assert result["epoch_selection"] == "closed form (no training epochs)"
     else:
-        assert len(result["history"]) == params["epochs"]
-        assert all(math.isfinite(h["total"]) for h in result["history"])
-        assert result["history"][-1]["total"] < result["history"][0]["total"]
-
-    ckpt = torch.load(out, weights_only=False)
-    rebuilt = model_from_checkpoint(ckpt).eval()
-    assert type(rebuilt).__name__ == model.upper()
-    assert rebuilt.state_dict().keys() == result["state_dict"].keys()
-    assert all(torch.equal(v, result["state_dict"][k]) for k, v in rebuilt.state_dict().items())
-    codes = encode_dataset(out, files["pairs"], files["features"], tmp_path / "codes.h5", batch_size=7)
-    with h5py.File(codes, "r") as f:
-        for split in ("query", "database"):
-            data = training.load_split(files["pairs"], files["features"], split, text=text)
-            with torch.no_grad():
-                want_image = binarize(rebuilt.encode_image(data.image)).to(torch.int8).numpy()
-                want_text = binarize(rebuilt.encode_text(data.text)).to(torch.int8).numpy()
-            np.testing.assert_array_equal(f[f"{split}/image"][:], want_image)
-            np.testing.assert_array_equal(f[f"{split}/text"][:], want_text)
-            assert set(np.unique(want_image)) <= {-1, 1}
-
-    if model in ("dchmt", "dsph"):
-        # supervised baselines separate a separable problem clearly better than random codes
-        assert retrieval_map(codes) > random_codes_map(files) + 0.25  # about 0.91-0.95 vs 0.41
+        # supervised baselines separate a separable problem clearly better than random codes:
+        # measured 0.96 (dchmt), 0.95 (dsph, clip), 0.78 (dsph, bow) vs 0.41
+        assert score > random_codes_map(separable_files) + 0.25
 
 
 def test_itq_with_bow_fails_before_training(separable_files, tmp_path):

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from egath import training
-from egath.encoding import encode_dataset
-from egath.methods import dcmh, model_from_checkpoint
-from separable import BITS, random_codes_map, retrieval_map
+from egath.methods import dcmh
+from separable import assert_resumes_like_an_uninterrupted_run, random_codes_map, train_rebuild_encode, train_separable
 
 
 # --------------------------------------------------------------------------- the loss
@@ -201,45 +200,14 @@ def test_each_pass_moves_only_its_network():
 PARAMS = dict(epochs=30, batch_size=16, feature_dim=32, lr=0.1, lr_min=0.01, seed=0)
 
 
-def run(files, out, params=PARAMS):
-    return training.train(files["pairs"], files["features"], files["graph"], out, "dcmh", BITS, dict(params),
-                          dataset="separable")
-
-
 def test_trains_saves_and_encodes_above_chance(separable_files, tmp_path):
-    files = separable_files
-    out = tmp_path / "model.pt"
-    result = run(files, out)
-    history = result["history"]
-    assert len(history) == PARAMS["epochs"] and history[-1]["total"] < history[0]["total"]
-    rebuilt = model_from_checkpoint(torch.load(out, weights_only=False))
-    assert type(rebuilt) is dcmh.DCMH
-    assert all(torch.equal(v, result["state_dict"][k]) for k, v in rebuilt.state_dict().items())
-    codes = encode_dataset(out, files["pairs"], files["features"], tmp_path / "codes.h5")
-    assert retrieval_map(codes) > random_codes_map(files) + 0.3  # measured 0.831 vs 0.406
+    _, score = train_rebuild_encode(separable_files, tmp_path, "dcmh", "bow", PARAMS)
+    assert score > random_codes_map(separable_files) + 0.3  # measured 0.831 vs 0.406
 
 
 def test_interrupted_run_resumes_to_the_same_state(separable_files, tmp_path, monkeypatch):
-    files = separable_files
     params = {**PARAMS, "epochs": 3}
-    uninterrupted = run(files, tmp_path / "a.pt", params)
-    real = dcmh.DcmhObjective.end_epoch
-    calls = {"n": 0}
-
-    def fail_in_epoch_2(self, h_image, h_text):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("simulated interruption in epoch 2")
-        return real(self, h_image, h_text)
-
-    monkeypatch.setattr(dcmh.DcmhObjective, "end_epoch", fail_in_epoch_2)
-    with pytest.raises(RuntimeError, match="simulated interruption"):
-        run(files, tmp_path / "b.pt", params)
-    monkeypatch.setattr(dcmh.DcmhObjective, "end_epoch", real)
-    ckpt = torch.load(tmp_path / "b.pt.ckpt", weights_only=False)
-    assert ckpt["epoch"] == 1 and set(ckpt["objective"]) == {"F", "G", "B"}
-    torch.manual_seed(12345)  # the resumed run restores the RNG from the checkpoint
-    resumed = run(files, tmp_path / "b.pt", params)
-    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
-    for key, value in uninterrupted["state_dict"].items():
-        assert torch.equal(value, resumed["state_dict"][key]), key
+    ckpt = assert_resumes_like_an_uninterrupted_run(
+        lambda out: train_separable(separable_files, out, "dcmh", "bow", params), tmp_path, monkeypatch,
+        dcmh.DcmhObjective)
+    assert set(ckpt["objective"]) == {"F", "G", "B"}

@@ -3,27 +3,20 @@ on hand-computed cases and against brute-force loops (value and gradient), label
 the epoch-wise tanh sharpness, the authors' optimisers, and a run trained end to end, rebuilt from
 model.pt, encoded, and resumed after an interruption.
 
-The end-to-end and resume helpers serve tests/test_method_jdsh.py too."""
+The resume check and the model, optimiser and gradient helpers serve tests/test_method_jdsh.py too."""
 
 import math
 
-import h5py
-import numpy as np
 import pytest
 import torch
 
 from egath import training
-from egath.encoding import encode_dataset
-from egath.methods import djsrh, model_from_checkpoint
+from egath.methods import djsrh
 from egath.methods.base import binarize
-from separable import BITS, random_codes_map, retrieval_map
+from separable import (BITS, assert_grad_close, assert_resumes_like_an_uninterrupted_run, random_codes_map,
+                       train_rebuild_encode, train_separable)
 
 SQRT_HALF = math.sqrt(0.5)
-
-
-def assert_grad_close(fast, slow, inputs):
-    for a, b in zip(torch.autograd.grad(fast, inputs, retain_graph=True), torch.autograd.grad(slow, inputs)):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 
 def features(n, d, seed, dtype=torch.float64):
@@ -174,70 +167,21 @@ def test_djsrh_optimizers_are_the_authors():
 PARAMS = dict(epochs=20, feature_dim=32, seed=0)  # the authors' lr, batch size, dropout otherwise
 
 
-def train_rebuild_encode(files, tmp_path, model, text, params=PARAMS):
-    """Train on the separable problem, check model.pt rebuilds to the codes encode_dataset wrote;
-    return the run's result and its query/database mAP."""
-    out = tmp_path / "model.pt"
-    result = training.train(files["pairs"], files["features"], files["graph"], out, f"{model}-{text}", BITS,
-                            dict(params), dataset="separable", spec={"model": model, "text": text})
-    assert out.exists() and not (tmp_path / "model.pt.ckpt").exists()
-    assert len(result["history"]) == params["epochs"]
-    assert all(math.isfinite(h["total"]) for h in result["history"])
-    assert result["history"][-1]["total"] < result["history"][0]["total"]
-
-    rebuilt = model_from_checkpoint(torch.load(out, weights_only=False)).eval()
-    assert type(rebuilt).__name__ == model.upper()
-    assert all(torch.equal(v, result["state_dict"][k]) for k, v in rebuilt.state_dict().items())
-    codes = encode_dataset(out, files["pairs"], files["features"], tmp_path / "codes.h5", batch_size=7)
-    with h5py.File(codes, "r") as f:
-        for split in ("query", "database"):
-            data = training.load_split(files["pairs"], files["features"], split, text=text)
-            with torch.no_grad():
-                want = {"image": rebuilt.encode_image(data.image), "text": rebuilt.encode_text(data.text)}
-            for modality, h in want.items():
-                np.testing.assert_array_equal(f[f"{split}/{modality}"][:], binarize(h).to(torch.int8).numpy())
-    return result, retrieval_map(codes)
-
-
 @pytest.mark.parametrize("text", ["clip", "bow"])
 def test_djsrh_trains_saves_and_encodes(separable_files, tmp_path, text):
-    _, score = train_rebuild_encode(separable_files, tmp_path, "djsrh", text)
+    _, score = train_rebuild_encode(separable_files, tmp_path, "djsrh", text, PARAMS)
     # unsupervised, on clustered features: measured 0.82 (clip) and 0.80 (bow) against 0.41 for random
     # codes (seeds 1 and 2: 0.73-0.81)
     assert score > random_codes_map(separable_files) + 0.25
 
 
 def assert_resumes_to_the_same_weights(files, tmp_path, monkeypatch, model):
-    """A run killed in epoch 2 (the end of epoch 2 fails) and started again ends with the weights
-    of an uninterrupted run: the optimiser state and the epoch count (the sharpness) resume."""
+    """Killed in epoch 2 and started again, a run ends as an uninterrupted one: the optimiser state
+    and the epoch count (the sharpness) resume."""
     params = {**PARAMS, "epochs": 3}
-    spec = {"model": model, "text": "bow"}
-
-    def run(out):
-        return training.train(files["pairs"], files["features"], files["graph"], out, model, BITS, dict(params),
-                              dataset="separable", spec=spec)
-
-    uninterrupted = run(tmp_path / "a.pt")
-    real = djsrh.AffinityReconstruction.end_epoch
-    calls = {"n": 0}
-
-    def fail_in_epoch_2(self, h_image, h_text):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("simulated interruption in epoch 2")
-        return real(self, h_image, h_text)
-
-    monkeypatch.setattr(djsrh.AffinityReconstruction, "end_epoch", fail_in_epoch_2)
-    with pytest.raises(RuntimeError, match="simulated interruption"):
-        run(tmp_path / "b.pt")
-    monkeypatch.setattr(djsrh.AffinityReconstruction, "end_epoch", real)
-    ckpt = torch.load(tmp_path / "b.pt.ckpt", weights_only=False)
-    assert ckpt["epoch"] == 1 and ckpt["objective"] == {"epoch": 1}
-    torch.manual_seed(12345)  # the resumed run restores the RNG from the checkpoint
-    resumed = run(tmp_path / "b.pt")
-    for k, v in uninterrupted["state_dict"].items():
-        assert torch.equal(v, resumed["state_dict"][k]), k
-    assert [h["total"] for h in resumed["history"]] == [h["total"] for h in uninterrupted["history"]]
+    ckpt = assert_resumes_like_an_uninterrupted_run(lambda out: train_separable(files, out, model, "bow", params),
+                                                    tmp_path, monkeypatch, djsrh.AffinityReconstruction)
+    assert ckpt["objective"] == {"epoch": 1}
 
 
 def test_djsrh_resumes(separable_files, tmp_path, monkeypatch):

@@ -10,11 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from egath import training
-from egath.encoding import encode_dataset
 from egath.graph import LabelGraph
-from egath.methods import gcdh, model_from_checkpoint
+from egath.methods import gcdh
 from egath.methods.egath import EgathObjective
-from separable import BITS, random_codes_map, retrieval_map
+from separable import assert_resumes_like_an_uninterrupted_run, random_codes_map, train_rebuild_encode, train_separable
 
 
 # --------------------------------------------------------------------------- graph and classifier
@@ -181,44 +180,12 @@ def test_batch_of_one_sample_is_refused():
 PARAMS = dict(epochs=15, batch_size=32, feature_dim=32, gat_hidden=32, lr=1e-2, lr_min=1e-3, seed=0)
 
 
-def run(files, out, params=PARAMS):
-    return training.train(files["pairs"], files["features"], files["graph"], out, "gcdh", BITS, dict(params),
-                          dataset="separable")
-
-
 def test_trains_saves_and_encodes_above_chance(separable_files, tmp_path):
-    files = separable_files
-    out = tmp_path / "model.pt"
-    result = run(files, out)
-    history = result["history"]
-    assert len(history) == PARAMS["epochs"] and history[-1]["total"] < history[0]["total"]
-    rebuilt = model_from_checkpoint(torch.load(out, weights_only=False))
-    assert type(rebuilt) is gcdh.GCDH
-    assert all(torch.equal(v, result["state_dict"][k]) for k, v in rebuilt.state_dict().items())
-    codes = encode_dataset(out, files["pairs"], files["features"], tmp_path / "codes.h5")
-    assert retrieval_map(codes) > random_codes_map(files) + 0.4  # measured 0.954 vs 0.406
+    _, score = train_rebuild_encode(separable_files, tmp_path, "gcdh", "bow", PARAMS)
+    assert score > random_codes_map(separable_files) + 0.4  # measured 0.954 vs 0.406
 
 
 def test_interrupted_run_resumes_to_the_same_state(separable_files, tmp_path, monkeypatch):
-    files = separable_files
     params = {**PARAMS, "epochs": 3}
-    uninterrupted = run(files, tmp_path / "a.pt", params)
-    real = EgathObjective.end_epoch
-    calls = {"n": 0}
-
-    def fail_in_epoch_2(self, h_image, h_text):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("simulated interruption in epoch 2")
-        return real(self, h_image, h_text)
-
-    monkeypatch.setattr(EgathObjective, "end_epoch", fail_in_epoch_2)
-    with pytest.raises(RuntimeError, match="simulated interruption"):
-        run(files, tmp_path / "b.pt", params)
-    monkeypatch.setattr(EgathObjective, "end_epoch", real)
-    assert torch.load(tmp_path / "b.pt.ckpt", weights_only=False)["epoch"] == 1
-    torch.manual_seed(12345)  # the resumed run restores the RNG from the checkpoint
-    resumed = run(files, tmp_path / "b.pt", params)
-    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
-    for key, value in uninterrupted["state_dict"].items():
-        assert torch.equal(value, resumed["state_dict"][key]), key
+    assert_resumes_like_an_uninterrupted_run(lambda out: train_separable(separable_files, out, "gcdh", "bow", params),
+                                             tmp_path, monkeypatch, EgathObjective)

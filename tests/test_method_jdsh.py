@@ -1,7 +1,7 @@
 """Tests for JDSH (egath.methods.jdsh): the joint-modal similarity, DSDW and the loss on
 hand-computed cases and against brute-force loops (value and gradient), the fit of the similarity
 distribution, label-free training, the authors' optimisers, and a run trained end to end, rebuilt,
-encoded, and resumed after an interruption (helpers shared with tests/test_method_djsrh.py)."""
+encoded, and resumed after an interruption (settings and helpers shared with tests/test_method_djsrh.py)."""
 
 import math
 
@@ -12,9 +12,8 @@ import torch
 from egath import training
 from egath.methods import jdsh
 from egath.methods.jdsh import SimilarityDistribution
-from separable import BITS, random_codes_map
-from test_method_djsrh import (assert_grad_close, assert_resumes_to_the_same_weights, assert_sgd_per_network,
-                               features, model_for, train_rebuild_encode)
+from separable import BITS, assert_grad_close, random_codes_map, train_rebuild_encode
+from test_method_djsrh import PARAMS, assert_resumes_to_the_same_weights, assert_sgd_per_network, features, model_for
 
 SIN_PI_8 = math.sin(math.pi / 8)  # 0.382683
 
@@ -195,7 +194,7 @@ def test_jdsh_optimizers_are_the_authors():
 
 @pytest.mark.parametrize("text", ["clip", "bow"])
 def test_jdsh_trains_saves_and_encodes(separable_files, tmp_path, text):
-    _, score = train_rebuild_encode(separable_files, tmp_path, "jdsh", text)
+    _, score = train_rebuild_encode(separable_files, tmp_path, "jdsh", text, PARAMS)
     # unsupervised, on clustered features: measured 0.92 (clip and bow) against 0.41 for random codes
     # (seeds 1 and 2: 0.90-0.93)
     assert score > random_codes_map(separable_files) + 0.4

@@ -19,20 +19,27 @@ def _ranked(q, db, ql, dl, i):
     return dist, rel, order
 
 
-def ref_map(q, db, ql, dl, top_k=None):
+def _mean_over_queries(q, db, ql, dl, ap):
+    """Mean of ap(dist, rel, order) over the queries with a relevant item (0 where none has one)."""
     aps = []
     for i in range(len(q)):
-        _, rel, order = _ranked(q, db, ql, dl, i)
-        if rel.sum() == 0:
-            continue
-        k = len(db) if top_k is None else min(top_k, len(db))
+        dist, rel, order = _ranked(q, db, ql, dl, i)
+        if rel.sum():
+            aps.append(ap(dist, rel, order))
+    return float(np.mean(aps)) if aps else 0.0
+
+
+def ref_map(q, db, ql, dl, top_k=None):
+    k = len(db) if top_k is None else min(top_k, len(db))
+
+    def ap(dist, rel, order):
         g = rel[order][:k].astype(float)
         if g.sum() == 0:
-            aps.append(0.0)
-            continue
+            return 0.0
         prec = np.cumsum(g) / np.arange(1, k + 1)
-        aps.append(float((prec * g).sum() / g.sum()))
-    return float(np.mean(aps)) if aps else 0.0
+        return float((prec * g).sum() / g.sum())
+
+    return _mean_over_queries(q, db, ql, dl, ap)
 
 
 def ref_pr(q, db, ql, dl):
@@ -75,42 +82,29 @@ def ref_tie_aware_enumerated(q, db, ql, dl):
     Each distinct 0/1 pattern of a group of n items with r relevant arises from the same
     number r! (n - r)! of permutations, so the plain average over patterns is exact.
     """
-    aps = []
-    for i in range(len(q)):
-        dist, rel, _ = _ranked(q, db, ql, dl, i)
-        if rel.sum() == 0:
-            continue
+    def ap(dist, rel, _):
         groups = [set(itertools.permutations(rel[dist == d])) for d in np.unique(dist)]
-        values = [_ap_of_sequence([x for p in combo for x in p])
-                  for combo in itertools.product(*groups)]
-        aps.append(np.mean(values))
-    return float(np.mean(aps)) if aps else 0.0
+        return np.mean([_ap_of_sequence([x for p in combo for x in p]) for combo in itertools.product(*groups)])
+
+    return _mean_over_queries(q, db, ql, dl, ap)
 
 
 def ref_tie_aware_permutations(q, db, ql, dl):
     """Average AP over literally all permutations of tied items (tiny inputs only)."""
-    aps = []
-    for i in range(len(q)):
-        dist, rel, _ = _ranked(q, db, ql, dl, i)
-        if rel.sum() == 0:
-            continue
+    def ap(dist, rel, _):
         groups = [np.flatnonzero(dist == d) for d in np.unique(dist)]
         values = []
         for combo in itertools.product(*[list(itertools.permutations(g)) for g in groups]):
             order = [j for perm in combo for j in perm]
             values.append(_ap_of_sequence(rel[order]))
-        aps.append(np.mean(values))
-    return float(np.mean(aps)) if aps else 0.0
+        return np.mean(values)
+
+    return _mean_over_queries(q, db, ql, dl, ap)
 
 
 def ref_tie_aware_direct(q, db, ql, dl):
     """Closed form evaluated with explicit sums over positions (no harmonic shortcuts)."""
-    aps = []
-    for i in range(len(q)):
-        dist, rel, _ = _ranked(q, db, ql, dl, i)
-        R = rel.sum()
-        if R == 0:
-            continue
+    def ap(dist, rel, _):
         before = rel_before = 0
         total = 0.0
         for d in np.unique(dist):
@@ -121,8 +115,9 @@ def ref_tie_aware_direct(q, db, ql, dl):
                     total += r / n * (rel_before + 1 + extra) / (before + k)
             before += n
             rel_before += r
-        aps.append(total / R)
-    return float(np.mean(aps)) if aps else 0.0
+        return total / rel.sum()
+
+    return _mean_over_queries(q, db, ql, dl, ap)
 
 
 def random_case(seed, n_q, n_db, bits, n_labels, zero_one=False, p_label=0.25):

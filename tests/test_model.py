@@ -21,6 +21,7 @@ from egath.methods.base import binarize
 from egath.methods import model_from_checkpoint
 from egath.methods.egath import ModelConfig, build_model
 import separable
+from separable import assert_resumes_like_an_uninterrupted_run, assert_same_state, interrupt_in_epoch
 from h5files import permutation_split, write_features, write_pairs
 
 
@@ -148,12 +149,6 @@ def reference_run(data_files, tmp_path_factory):
     return out, result
 
 
-def assert_same_state(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-
-
 # --------------------------------------------------------------------------- training
 
 def test_training_is_deterministic(data_files, reference_run, tmp_path):
@@ -193,38 +188,12 @@ def test_history_and_output_file(reference_run):
 
 def interrupt_in_epoch_2(monkeypatch, train_once):
     """Run `train_once` with the B update of epoch 2 failing, as a kill after epoch 1 would."""
-    real = egath_method.update_codes
-    calls = {"n": 0}
-
-    def fail_on_second_call(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("simulated interruption in epoch 2")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(egath_method, "update_codes", fail_on_second_call)
-    with pytest.raises(RuntimeError, match="simulated interruption"):
-        train_once()
-    monkeypatch.setattr(egath_method, "update_codes", real)
+    interrupt_in_epoch(monkeypatch, egath_method.EgathObjective, 2, train_once)
 
 
-def test_interrupted_run_resumes_to_the_same_state(data_files, reference_run, tmp_path, monkeypatch):
-    _, uninterrupted = reference_run
-    out = tmp_path / "model.pt"
-    interrupt_in_epoch_2(monkeypatch, lambda: run_train(data_files, out))
-    ckpt_path = tmp_path / "model.pt.ckpt"
-    assert ckpt_path.exists() and not out.exists()
-    ckpt = torch.load(ckpt_path, weights_only=False)
-    assert ckpt["epoch"] == 1 and len(ckpt["history"]) == 1
-
-    # scramble the global RNG: the resumed run must restore it from the checkpoint
-    torch.manual_seed(12345)
-    resumed = run_train(data_files, out)
-    assert_same_state(uninterrupted["state_dict"], resumed["state_dict"])
-    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
-    for a, b in zip(uninterrupted["history"], resumed["history"]):
-        assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
-    assert not ckpt_path.exists()
+def test_interrupted_run_resumes_to_the_same_state(data_files, tmp_path, monkeypatch):
+    assert_resumes_like_an_uninterrupted_run(lambda out: run_train(data_files, out), tmp_path, monkeypatch,
+                                             egath_method.EgathObjective)
 
 
 def test_checkpoint_of_other_settings_is_ignored(data_files, reference_run, tmp_path, monkeypatch):
