@@ -83,7 +83,8 @@ def files_digest(paths: Sequence[str]) -> str:
     """sha256 over each file's path, size and modification time (ns); a missing file counts too.
 
     One stat per file and no reading, so it can run each time the workflow starts: 300,000
-    files take 2-4 s with a warm cache, 9 s cold, on the 2-core test machine. It changes when
+    files took 1-4 s with a warm cache (depending on the load) and 9 s cold on a shared
+    2-core machine. It changes when
     a file is replaced, edited, touched, added, removed or renamed; it misses a replacement
     of the same size that keeps the old modification time (cp -p, rsync -a of such a file).
     """

@@ -316,7 +316,7 @@ def test_a_killed_training_job_resumes_with_rerun_incomplete(tmp_path):
 
     snakemake(tmp_path, "--cores", "1", "--rerun-incomplete", config=config)
     log = (tmp_path / "logs/train/tiny/egath/8.log").read_text()
-    assert f"resuming from {run / 'model.pt.ckpt'} after epoch {done}" in log.replace(str(tmp_path) + "/", "")
+    assert f"resuming from results/tiny/egath/8/seed0/model.pt.ckpt after epoch {done}" in log
     ran = [int(m) for m in re.findall(rf"epoch (\d+)/{epochs}", log)]
     assert ran == list(range(done + 1, epochs + 1))  # only the epochs left, each once
     history = torch.load(run / "model.pt", weights_only=False)["history"]
