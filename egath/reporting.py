@@ -144,7 +144,9 @@ def write_map_table(metrics, csv_path, md_path, tex_path, reference=None, html_p
     columns = sorted({(r["dataset"], r["task"], r["bits"]) for r in aggregate}
                      | {(r["dataset"], r["task"], int(r["bits"])) for r in reference},
                      key=lambda c: (c[0], TASKS.index(c[1]) if c[1] in TASKS else 9, c[2]))
-    measured = {(r["method"], r["dataset"], r["task"], r["bits"]): (r["map"], r["map_std"]) for r in aggregate}
+    # (mean, std); no std for a single seed
+    measured = {(r["method"], r["dataset"], r["task"], r["bits"]): (r["map"], r["map_std"] if r["n_seeds"] > 1 else None)
+                for r in aggregate}
     methods = sorted({r["method"] for r in aggregate})
     n_seeds = sorted({r["n_seeds"] for r in aggregate})
     ref_values, sources = {}, {}
@@ -164,7 +166,7 @@ def write_map_table(metrics, csv_path, md_path, tex_path, reference=None, html_p
             return ranked[0][1]
         (best, best_std), m = ranked[0]
         (second, second_std), _ = ranked[1]
-        return m if best - second > max(best_std, second_std) else None
+        return m if best - second > max(best_std or 0, second_std or 0) else None
 
     bold = {col: bold_method(col) for col in columns}
     table = []  # (name, is_reference, [(mean, std) or None], [bold flags])
@@ -191,7 +193,7 @@ def write_map_table(metrics, csv_path, md_path, tex_path, reference=None, html_p
 
 def _fmt(cell, plus_minus: str = "±") -> str:
     mean, std = cell
-    return f"{mean:.4f}" if not std else f"{mean:.4f} {plus_minus} {std:.4f}"
+    return f"{mean:.4f}" if std is None else f"{mean:.4f} {plus_minus} {std:.4f}"
 
 
 def _markdown(table, columns, notes, caption) -> str:
