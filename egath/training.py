@@ -192,18 +192,14 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
     run_key = {"method_spec": asdict(method_spec), "bits": bits, "config": asdict(cfg),
                "method_params": asdict(method_params), "n_train": n, "inputs_sha256": inputs_sha256}
     if reuse_path is not None and Path(reuse_path).exists():
-        done = torch.load(reuse_path, map_location="cpu", weights_only=False)
+        done = _load_cache(reuse_path, "cpu", run_log)
         if done.get("run_key") == run_key:
             run_log.info("already trained with these settings and inputs: reusing %s", reuse_path)
             _link(reuse_path, out_path)
             return done
     if checkpoint_path.exists():
-        try:
-            ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        except Exception as e:  # damaged (a disk full, a copy cut short): it is only a cache
-            run_log.warning("ignoring %s: unreadable (%s: %s)", checkpoint_path, type(e).__name__, e)
-            ckpt = {"run_key": None}
-        if ckpt["run_key"] == run_key:
+        ckpt = _load_cache(checkpoint_path, device, run_log)
+        if ckpt.get("run_key") == run_key:
             model.load_state_dict(ckpt["state_dict"])
             for opt, state in zip(optimizers, ckpt["optimizers"]):
                 opt.load_state_dict(state)
@@ -293,6 +289,16 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
         _link(out_path, reuse_path)
     checkpoint_path.unlink(missing_ok=True)
     return result
+
+
+def _load_cache(path, device, run_log) -> dict:
+    """A checkpoint or a kept finished model; an unreadable one (a full disk, a copy cut short)
+    is only a lost cache: warned about and ignored."""
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:
+        run_log.warning("ignoring %s: unreadable (%s: %s)", path, type(e).__name__, e)
+        return {}
 
 
 def _link(source, target) -> None:

@@ -512,3 +512,18 @@ def test_an_unreadable_checkpoint_is_ignored_not_fatal(data_files, reference_run
         result = run_train(data_files, tmp_path / "model.pt")
     assert "unreadable" in caplog.text and str(tmp_path / "model.pt.ckpt") in caplog.text
     assert_same_state(reference_run[1]["state_dict"], result["state_dict"])
+
+
+def test_an_unreadable_kept_model_is_ignored_and_the_seed_trained(data_files, reference_run, tmp_path, caplog):
+    kept = tmp_path / ".trained" / "seed0.pt"
+    kept.parent.mkdir()
+    kept.write_bytes(b"cut short")
+    with caplog.at_level("INFO", logger="egath.training"):
+        result = run_train(data_files, tmp_path / "model.pt", reuse_path=kept)
+    assert "unreadable" in caplog.text and str(kept) in caplog.text
+    assert_same_state(reference_run[1]["state_dict"], result["state_dict"])
+    # the finished model replaces the damaged one, and a second call reuses it
+    with caplog.at_level("INFO", logger="egath.training"):
+        again = run_train(data_files, tmp_path / "again.pt", reuse_path=kept)
+    assert "reusing" in caplog.text
+    assert_same_state(result["state_dict"], again["state_dict"])
