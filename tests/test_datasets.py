@@ -423,3 +423,20 @@ def test_lines_split_on_newline_only(tmp_path):
     data, _ = read_pairs(tmp_path / "p.h5")
     assert decode(data["texts"][0]) == ["Dog sky", "cat cat sky", "sky\u2028bird"]
     assert decode(data["label_names"][0]) == ["cat", "dog", "sky"]
+
+
+def test_every_missing_image_is_counted_and_ten_named(tmp_path):
+    rows = [f"s{i}\ti/s{i}.png\tword\tcat" for i in range(14)]
+    manifest = write_manifest(tmp_path / "m", rows)
+    for i in range(12):
+        (tmp_path / "m" / "i" / f"s{i}.png").unlink()
+    (tmp_path / "m" / "i" / "s0.png").mkdir()  # a directory where an image should be
+    out_dir = tmp_path / "out"
+    with pytest.raises(FileNotFoundError) as info:
+        build_pairs(manifest, out_dir / "pairs.h5", "bad", bow_dim=5, n_query=1, n_train=1, split_seed=0)
+    message = str(info.value)
+    assert "12 image(s) missing or not files" in message and "... and 2 more" in message
+    assert f"{manifest}:2: image of sample 's0' is a directory" in message
+    assert f"{manifest}:11: image of sample 's9' not found" in message
+    assert "'s10'" not in message  # beyond the first ten
+    assert_nothing_written(out_dir)

@@ -58,7 +58,7 @@ def read_manifest(manifest_path: str | Path, labels_path: str | Path | None = No
     if not manifest_path.exists():
         raise FileNotFoundError(f"{manifest_path}: manifest not found")
 
-    ids, image_paths, texts, label_rows = [], [], [], []
+    ids, image_paths, texts, label_rows, missing = [], [], [], [], []
     first_line_of_id: dict[str, int] = {}
     lines = read_lines(manifest_path)
     header = lines[0].split("\t") if lines else None
@@ -92,14 +92,18 @@ def read_manifest(manifest_path: str | Path, labels_path: str | Path | None = No
                              f"{unknown}")
         image_path = Path(os.path.normpath(manifest_path.parent / image))  # absolute stays absolute
         if check_images and not image_path.is_file():
-            raise FileNotFoundError(f"{where}: image of sample {sample_id!r} not found: "
-                                    f"{image_path}")
+            problem = "is a directory" if image_path.is_dir() else "not found"
+            missing.append(f"{where}: image of sample {sample_id!r} {problem}: {image_path}")
         row_labels = np.zeros(len(label_names), np.uint8)
         row_labels[[label_index[name] for name in names]] = 1
         ids.append(sample_id)
         image_paths.append(str(image_path))
         texts.append(text)
         label_rows.append(row_labels)
+    if missing:  # every one counted, the first ten named, rather than one per run
+        more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise FileNotFoundError(f"{manifest_path}: {len(missing)} image(s) missing or not files:\n  "
+                                + "\n  ".join(missing[:10]) + more)
     if not ids:
         raise ValueError(f"{manifest_path}: no samples")
     return Manifest(ids, image_paths, texts, np.stack(label_rows), label_names)
