@@ -159,6 +159,11 @@ def get_metrics(dataset=DATASETS, method=METHODS, bits=BITS):
     )
 
 
+def get_example_codes(wildcards):
+    """The retrieval examples show the codes of the first training seed."""
+    return f"results/{wildcards.dataset}/{wildcards.method}/{wildcards.bits}/seed{SEEDS[0]}/codes.h5"
+
+
 def get_reference_table():
     """Published numbers to show beside the measured ones, if configured (a relative path is
     relative to the workflow's folder, where the shipped tables live)."""

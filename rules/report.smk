@@ -90,10 +90,7 @@ rule loss_curves:
 
 rule retrieval_examples:
     input:
-        codes=lambda wildcards: (
-            f"results/{wildcards.dataset}/{wildcards.method}/{wildcards.bits}"
-            f"/seed{SEEDS[0]}/codes.h5"
-        ),
+        codes=get_example_codes,
         pairs=rules.build_pairs.output.pairs,
     output:
         png=report(

@@ -148,7 +148,8 @@ def test_changing_one_training_parameter_reruns_only_that_job(demo_run, tmp_path
     changed = {**TINY_CONFIG, "train_overrides": [{"dataset": "tiny", "bits": 16, "params": {"margin": 0.3}}]}
     config = write_config(tmp_path / "changed.yaml", changed)
     result = snakemake(workdir, "-n", config=config)
-    assert planned_jobs(result) == {"train": 1, "tables": 1, "figures": 1, "loss_curves": 1, "all": 1}
+    assert planned_jobs(result) == {"train": 1, "tables": 1, "figures": 1, "loss_curves": 1,
+                                    "retrieval_examples": 1, "all": 1}
     output = result.stdout + result.stderr
     assert "output: results/tiny/egath/16/seed0/model.pt" in output
     assert "results/tiny/egath/8/seed0/model.pt" not in output
