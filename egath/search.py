@@ -122,7 +122,7 @@ def build_index(model_path, out_path, *, pairs, features, manifest=None, labels=
     from egath.encoding import _codes
     from egath.lineage import check_model, pairs_lineage
     from egath.methods import MethodSpec, model_from_checkpoint
-    from egath.training import load_split
+    from egath.training import load_split, split_rows
 
     ckpt = _load_checkpoint(model_path)
     facts = model_facts(ckpt)
@@ -145,8 +145,8 @@ def build_index(model_path, out_path, *, pairs, features, manifest=None, labels=
                 manifest, labels, vocabulary, clip_model, clip_pretrained, Path(tmp),
                 device, batch_size, num_workers)
         data = load_split(source, source_features, split, text=spec.text)
+        rows = split_rows(source, source_features, split)  # the same rows, pairs left out at extraction too
         with open_h5(source, ("ids", "image_paths", "texts", "label_names")) as f:
-            rows = f[f"split/{split}"][()]
             collection = {}
             for key in ("ids", "image_paths", "texts"):
                 values = string_array(f[key][()])

@@ -86,6 +86,29 @@ class TrainingData:
         return TrainingData(self.image[index], self.text[index], self.labels[index])
 
 
+def _kept_rows(pairs, features, split: str, features_path) -> np.ndarray:
+    """The rows of a split whose image could be read (open pairs.h5 and features files)."""
+    rows = pairs[f"split/{split}"][:]
+    if features["image"].shape[0] != pairs["labels"].shape[0]:
+        raise ValueError(f"{features_path} has {features['image'].shape[0]} rows, "
+                         f"{pairs.filename} has {pairs['labels'].shape[0]}")
+    if "image_skipped" in features:
+        skipped = features["image_skipped"][:].astype(bool)[rows]
+        if skipped.all():
+            raise ValueError(f"{features_path}: no image of split {split!r} could be read")
+        if skipped.any():
+            log.info("%s: leaving out %d of the %d %s pairs, whose image could not be read "
+                     "(image_skipped)", features_path, int(skipped.sum()), len(rows), split)
+            rows = rows[~skipped]
+    return rows
+
+
+def split_rows(pairs_path, features_path, split: str) -> np.ndarray:
+    """The rows of pairs.h5 that load_split loads for `split`, in its order."""
+    with open_h5(pairs_path, ("labels", f"split/{split}")) as pairs, open_h5(features_path, ("image",)) as features:
+        return _kept_rows(pairs, features, split, features_path)
+
+
 def load_split(pairs_path, features_path, split: str, text: str = "bow") -> TrainingData:
     """The rows of one split (`train`, `query`, `database`) as float tensors.
 
@@ -94,18 +117,7 @@ def load_split(pairs_path, features_path, split: str, text: str = "bow") -> Trai
     """
     with open_h5(pairs_path, ("bow", "labels", f"split/{split}")) as pairs, \
             open_h5(features_path, ("image", "text")) as features:
-        rows = pairs[f"split/{split}"][:]
-        if features["image"].shape[0] != pairs["labels"].shape[0]:
-            raise ValueError(f"{features_path} has {features['image'].shape[0]} rows, "
-                             f"{pairs_path} has {pairs['labels'].shape[0]}")
-        if "image_skipped" in features:
-            skipped = features["image_skipped"][:].astype(bool)[rows]
-            if skipped.all():
-                raise ValueError(f"{features_path}: no image of split {split!r} could be read")
-            if skipped.any():
-                log.info("%s: leaving out %d of the %d %s pairs, whose image could not be read "
-                         "(image_skipped)", features_path, int(skipped.sum()), len(rows), split)
-                rows = rows[~skipped]
+        rows = _kept_rows(pairs, features, split, features_path)
         text_path, text_source = (pairs_path, pairs["bow"]) if text == "bow" else (features_path, features["text"])
         data = TrainingData(
             image=torch.from_numpy(features["image"][rows].astype(np.float32)),

@@ -273,3 +273,25 @@ def test_a_model_on_clip_text_features_encodes_text_queries_with_clip(demo, tmp_
     # the text of an indexed pair, encoded again through CLIP, finds its own code first
     hit = search(index, text=index.texts[5], k=1, same_modality=True).hits[0]
     assert hit.distance == 0
+
+
+def test_pairs_skipped_at_extraction_are_left_out_of_the_index(demo, tmp_path):
+    # a copy of the features with two database images marked unreadable (clip.unreadable_images: skip)
+    features = tmp_path / "features.h5"
+    shutil.copyfile(demo["features"], features)
+    with h5py.File(demo["pairs"]) as f:
+        database = f["split/database"][:]
+        ids = [i.decode() for i in f["ids"][:]]
+    with h5py.File(features, "a") as f:
+        skipped = np.zeros(f["image"].shape[0], np.uint8)
+        skipped[database[[3, 7]]] = 1
+        if "image_skipped" in f:
+            del f["image_skipped"]
+        f.create_dataset("image_skipped", data=skipped)
+    index = build_index(demo["model"], tmp_path / "index.h5", pairs=demo["pairs"], features=features)
+    loaded = load_index(index)
+    with h5py.File(index) as f:
+        assert len(f["ids"]) == len(f["labels"]) == len(f["codes/image"]) == len(database) - 2
+        kept = [i.decode() for i in f["ids"][:]]
+    assert kept == [ids[r] for r in database if r not in database[[3, 7]]]
+    assert loaded.meta["n"] == len(database) - 2
