@@ -116,7 +116,7 @@ def _short(text: str, width: int, lines: int) -> str:
 
 
 def _draw(examples, data, png_path, pdf_path, seed, k_images, k_texts) -> None:
-    from egath.reporting import _save
+    from egath.reporting import save_figure
 
     rows = len(examples["text_queries"]) + len(examples["image_queries"])
     columns = 1 + k_images
@@ -155,4 +155,4 @@ def _draw(examples, data, png_path, pdf_path, seed, k_images, k_texts) -> None:
                  f"queries drawn from the query set with seed {seed}; top {k_images} images of a text, "
                  f"top {k_texts} texts of an image; {MARKS[True]} shares a label with the query, "
                  f"{MARKS[False]} does not; d = Hamming distance", fontsize=8)
-    _save(fig, png_path, pdf_path)
+    save_figure(fig, png_path, pdf_path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import html
 import json
+import statistics
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -71,15 +72,6 @@ def _rows(metrics) -> list[dict]:
     return sorted(rows, key=lambda r: (r["dataset"], r["method"], r["bits"], r["task"], r["seed"]))
 
 
-def _std(values) -> float:
-    """Sample standard deviation (0 for a single seed)."""
-    n = len(values)
-    if n < 2:
-        return 0.0
-    mean = sum(values) / n
-    return (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
-
-
 def _aggregate(rows) -> list[dict]:
     """Mean and standard deviation over seeds of each dataset x method x bits x task."""
     groups: dict[tuple, list[dict]] = {}
@@ -92,7 +84,7 @@ def _aggregate(rows) -> list[dict]:
         if len({r["epoch_selection"] for r in group}) > 1:
             protocol["epoch_selection"] = "per seed (see seed rows)"
         out.append({**dict(zip(CSV_COLUMNS[:4], key)), "seed": "mean", "n_seeds": len(group),
-                    "map": sum(maps) / len(maps), "map_std": _std(maps),
+                    "map": sum(maps) / len(maps), "map_std": statistics.stdev(maps) if len(maps) > 1 else 0.0,
                     "map_tie_aware": sum(r["map_tie_aware"] for r in group) / len(group),
                     "map_random_codes": sum(r["map_random_codes"] for r in group) / len(group),
                     **protocol})
@@ -318,7 +310,8 @@ def _style(i: int) -> dict:
             "marker": MARKERS[i % len(MARKERS)], "markersize": 4, "linewidth": 1.5}
 
 
-def _save(fig: Figure, png_path, pdf_path) -> None:
+def save_figure(fig: Figure, png_path, pdf_path) -> None:
+    """Write `fig` as PNG and PDF, each atomically."""
     for path, fmt in ((png_path, "png"), (pdf_path, "pdf")):
         with atomic_output(path) as tmp:
             fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
@@ -341,7 +334,7 @@ def _plot(metrics, dataset, bits, png_path, pdf_path, curve, xlabel, ylabel, wha
     axes[0].set_ylim(0, 1.02)
     axes[1].legend(title="method", loc="best", fontsize="small")
     fig.suptitle(f"{what} on {dataset} ({bits} bits), mean over {' or '.join(map(str, seeds))} seed(s)")
-    _save(fig, png_path, pdf_path)
+    save_figure(fig, png_path, pdf_path)
 
 
 def plot_pr_curves(metrics, dataset, bits, png_path, pdf_path) -> None:
@@ -413,7 +406,7 @@ def plot_loss_curves(histories, dataset, bits, png_path, pdf_path) -> None:
     seeds = sorted({len(runs) for runs in chosen.values()})
     fig.suptitle(f"Training on {dataset} ({bits} bits): loss terms per training pair, "
                  f"mean over {' or '.join(map(str, seeds))} seed(s)")
-    _save(fig, png_path, pdf_path)
+    save_figure(fig, png_path, pdf_path)
 
 
 def read_reference_table(path=None) -> list[dict]:

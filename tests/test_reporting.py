@@ -189,7 +189,7 @@ def _history(method, seed, totals, validation=None):
 
 def test_loss_curves_draw_the_mean_of_each_term_per_method(tmp_path, monkeypatch):
     figures = []
-    monkeypatch.setattr(R, "_save", lambda fig, png, pdf: figures.append(fig))
+    monkeypatch.setattr(R, "save_figure", lambda fig, png, pdf: figures.append(fig))
     histories = [_history("egath", 0, [4.0, 2.0, 1.0]), _history("egath", 1, [6.0, 4.0, 3.0]),
                  _history("dsph", 0, [1.0, 0.5, 0.25], validation=[0.3, 0.5, 0.4]),
                  {**_history("itq", 0, []), "history": []}]  # closed form: nothing to draw
