@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
-def _codes(encode, x: torch.Tensor, batch_size: int, device: str) -> np.ndarray:
+def encode_codes(encode, x: torch.Tensor, batch_size: int, device: str) -> np.ndarray:
+    """sign(encode(x)) as int8 {-1, +1}, in batches."""
     chunks = [binarize(encode(chunk.to(device))).cpu() for chunk in x.split(batch_size)]
     return torch.cat(chunks).to(torch.int8).numpy()
 
@@ -41,8 +42,8 @@ def encode_dataset(model_path, pairs_path, features_path, out_path, device: str 
                        epoch_selection=ckpt["epoch_selection"])
         for split in ("query", "database"):
             data = load_split(pairs_path, features_path, split, text=MethodSpec(**ckpt["method_spec"]).text)
-            f.create_dataset(f"{split}/image", data=_codes(model.encode_image, data.image, batch_size, device))
-            f.create_dataset(f"{split}/text", data=_codes(model.encode_text, data.text, batch_size, device))
+            f.create_dataset(f"{split}/image", data=encode_codes(model.encode_image, data.image, batch_size, device))
+            f.create_dataset(f"{split}/text", data=encode_codes(model.encode_text, data.text, batch_size, device))
             f.create_dataset(f"{split}/labels", data=data.labels.numpy().astype(np.uint8))
             log.info("%s %s %d bits: %d %s codes of each modality", ckpt["dataset"], ckpt["method"],
                      ckpt["bits"], len(data.labels), split)

@@ -119,7 +119,7 @@ def build_index(model_path, out_path, *, pairs, features, manifest=None, labels=
     `pairs` and `features` must be the files the model was trained with (same dataset, split,
     labels, vocabulary and encoder), else egath.lineage.MismatchError names what differs.
     """
-    from egath.encoding import _codes
+    from egath.encoding import encode_codes
     from egath.lineage import check_model, pairs_lineage
     from egath.methods import MethodSpec, model_from_checkpoint
     from egath.training import load_split, split_rows
@@ -152,8 +152,8 @@ def build_index(model_path, out_path, *, pairs, features, manifest=None, labels=
                 values = string_array(f[key][()])
                 collection[key] = [values[i] for i in rows]
             label_names = string_array(f["label_names"][()])
-        codes = {"image": _codes(model.encode_image, data.image, batch_size, device),
-                 "text": _codes(model.encode_text, data.text, batch_size, device)}
+        codes = {"image": encode_codes(model.encode_image, data.image, batch_size, device),
+                 "text": encode_codes(model.encode_text, data.text, batch_size, device)}
 
     text = h5py.string_dtype()
     with atomic_output(out_path) as tmp_path, h5py.File(tmp_path, "w") as f:
