@@ -48,6 +48,11 @@ def exponential_decay(cfg, params, progress: float) -> float:
     return (cfg.lr_min / cfg.lr) ** (math.floor(progress) / max(cfg.epochs, 1))
 
 
+def constant_lr(cfg, params, progress: float) -> float:
+    """No schedule: the authors' learning rates hold for every epoch (DJSRH, JDSH)."""
+    return 1.0
+
+
 def warmup_cosine(cfg, params, progress: float) -> float:
     """BERT's warmup_cosine schedule (DCHMT's and DSPH's BertAdam) over all the steps of
     training: x / w while the share of training done x = progress / epochs is below

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from egath.methods.base import Method, Objective, Rebuildable, trunk
+from egath.methods.base import Method, Objective, Rebuildable, constant_lr, trunk
 
 
 @dataclass(frozen=True)
@@ -183,11 +183,6 @@ def sgd_per_network(model: DJSRH, cfg, params) -> list[torch.optim.Optimizer]:
                             weight_decay=cfg.weight_decay),
             torch.optim.SGD(model.text_net.parameters(), lr=cfg.lr * params.text_lr_ratio,
                             momentum=params.momentum, weight_decay=cfg.weight_decay)]
-
-
-def constant_lr(cfg, params, progress: float) -> float:
-    """No schedule: the authors' learning rates hold for every epoch."""
-    return 1.0
 
 
 def build(bits: int, cfg, params: DjsrhParams, data, graph):

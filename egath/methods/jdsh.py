@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from egath.methods.base import Method
-from egath.methods.djsrh import (DJSRH, AffinityReconstruction, affinity_features, code_cosines, constant_lr,
+from egath.methods.base import Method, constant_lr
+from egath.methods.djsrh import (DJSRH, AffinityReconstruction, affinity_features, code_cosines,
                                  cosine_affinity, sgd_per_network)
 
 log = logging.getLogger(__name__)
