@@ -38,8 +38,8 @@ def encode_dataset(model_path, pairs_path, features_path, out_path, device: str 
     check_model(model_path, ckpt, pairs_path, pairs_lineage(pairs_path), features_path)
     model = model_from_checkpoint(ckpt).to(device).eval()
     with atomic_output(out_path) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs.update(dataset=ckpt["dataset"], method=ckpt["method"], bits=ckpt["bits"],
-                       epoch_selection=ckpt["epoch_selection"])
+        f.attrs.update(dataset=ckpt["dataset"], method=ckpt["method"], model=ckpt["method_spec"]["model"],
+                       kind=ckpt["kind"], bits=ckpt["bits"], epoch_selection=ckpt["epoch_selection"])
         for split in ("query", "database"):
             data = load_split(pairs_path, features_path, split, text=MethodSpec(**ckpt["method_spec"]).text)
             f.create_dataset(f"{split}/image", data=encode_codes(model.encode_image, data.image, batch_size, device))

@@ -169,11 +169,10 @@ _STREAMS = 4
 
 
 @_jit
-def _rank_statistics(q_words, q_labels, db_words, label_bits, start, stop, cut, ns, dist, pos,
-                     hist_all, hist_rel, ap_sum, ap_count, hits):
+def _rank_statistics(q_words, q_labels, db_words, label_bits, start, stop, cut, dist, pos,
+                     hist_all, hist_rel, ap_sum, ap_count):
     n_db = db_words.shape[1]
     n_dist = hist_all.shape[1]
-    max_n = ns[-1] if ns.size > 0 else 0
     # stretch s covers items [s * stretch, (s + 1) * stretch), the last one also the rest; a
     # multiple of 64, so that each 64-item word of the relevance bitmap lies in one stretch
     stretch = n_db // (64 * _STREAMS) * 64
@@ -253,8 +252,6 @@ def _rank_statistics(q_words, q_labels, db_words, label_bits, start, stop, cut, 
                         inverse_rank_sum[d] += inverse
                         ordinal_sum += a * inverse
                         n_counted += 1
-                    if rank <= max_n:
-                        hits[i, np.searchsorted(ns, rank)] += 1
         total = ordinal_sum
         rel_before = 0
         for d in range(n_dist):
@@ -262,39 +259,35 @@ def _rank_statistics(q_words, q_labels, db_words, label_bits, start, stop, cut, 
             rel_before += rel[d]
         ap_sum[i] = total
         ap_count[i] = n_counted
-        for k in range(1, ns.size):
-            hits[i, k] += hits[i, k - 1]
 
 
 def rank_statistics(query: PackedCodes, database: PackedCodes, query_labels: np.ndarray,
-                    database_label_bits: np.ndarray, *, cut: int, ns: tuple[int, ...] = (),
+                    database_label_bits: np.ndarray, *, cut: int,
                     threads: int | None = None) -> dict:
     """Everything the metrics need from the ranking of every query, in one pass each.
 
     An item is relevant to a query when they share a label: `query_labels` is (n_query,
     classes) multi-hot, `database_label_bits` comes from `label_bitmaps`. `cut` is the last
-    rank the AP counts (the database size for AP over the whole ranking); `ns` are ascending
-    ranks <= the database size. Returns per-query arrays:
-      hist_all, hist_rel (n_query, bits + 1): items / relevant items at each distance;
-      ap_sum, ap_count (n_query,): the sum of the precision at each relevant rank <= cut,
-        and how many such ranks there are;
-      hits (n_query, len(ns)): relevant items among the first n ranked, for each n.
+    rank the index-tie AP counts (the database size for AP over the whole ranking). Returns
+    per-query arrays:
+      hist_all, hist_rel (n_query, bits + 1): items / relevant items at each distance, from
+        which every order-free metric follows;
+      ap_sum, ap_count (n_query,): under the index tie rule, the sum of the precision at each
+        relevant rank <= cut, and how many such ranks there are.
     Memory besides inputs and outputs: 5 bytes per database item per thread (6 above 255 bits).
     """
     n_query, n_db = len(query), len(database)
-    ns_arr = np.asarray(ns, np.int64)
     q_labels = np.ascontiguousarray(np.asarray(query_labels) > 0)
     out = {
         "hist_all": np.zeros((n_query, query.bits + 1), np.int64),
         "hist_rel": np.zeros((n_query, query.bits + 1), np.int64),
         "ap_sum": np.zeros(n_query),
         "ap_count": np.zeros(n_query, np.int64),
-        "hits": np.zeros((n_query, ns_arr.size), np.int64),
     }
 
     def work(start, stop):
         _rank_statistics(query.words, q_labels, database.words, database_label_bits,
-                         start, stop, int(cut), ns_arr, _distance_buffer(query.bits, n_db),
+                         start, stop, int(cut), _distance_buffer(query.bits, n_db),
                          np.empty(n_db, np.uint32), *out.values())
 
     _over_query_ranges(n_query, threads, work)

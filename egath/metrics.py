@@ -1,4 +1,4 @@
-"""Hamming-ranking retrieval metrics: mAP, tie-aware mAP, precision-recall by radius, precision@N.
+"""Hamming-ranking retrieval metrics: mAP, precision-recall by radius, precision@N.
 
 Conventions shared by every function:
 
@@ -6,16 +6,20 @@ Conventions shared by every function:
   > 0. Any number of bits is accepted.
 * Labels are multi-hot arrays (n, classes); a database item is relevant to a query when they
   share at least one label.
-* Ranking is by Hamming distance; items at equal distance are ordered by database index
-  (a stable sort), so every metric below has one defined value.
+* Ranking is by Hamming distance. Items at equal distance (ties, common with short codes) have
+  no order of their own, so every headline metric is order-free: mAP and precision@N are their
+  expectation over uniformly random orders of the tied items (McSherry & Najork, ECIR 2008),
+  and a precision-recall point by Hamming radius takes whole distance buckets. Permuting the
+  database rows never changes them. `index_tie_map` is the secondary number: ties broken by
+  database index, as the peers' published code does with a stable sort (their unstable
+  `torch.sort` gives yet another order); it depends on the order of the database's rows.
 
 How it is computed (egath.hamming): a Hamming distance takes only bits + 1 values, so no
 sort is needed. One compiled pass over the database per query, in index order, keeps a counter
-per distance; it gives every item's rank under the index tie rule, and with it the index-tie
-AP (also at a cut-off k), the relevant items among the first n ranks, and the per-distance
-counts of items and of relevant items from which the tie-aware AP and the precision-recall
-curve follow. Queries run in parallel threads; memory beyond the inputs is a few bytes per
-database item per thread.
+per distance; it gives the per-distance counts of items and of relevant items, from which
+every order-free metric follows in closed form, and every item's rank under the index tie
+rule for `index_tie_map`. Queries run in parallel threads; memory beyond the inputs is a few
+bytes per database item per thread.
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ from egath.hamming import label_bitmaps, pack_codes, rank_statistics
 __all__ = [
     "DEFAULT_NS",
     "mean_average_precision",
-    "tie_aware_map",
+    "index_tie_map",
     "precision_recall_by_radius",
     "precision_at_n",
     "random_codes_map",
@@ -67,41 +71,54 @@ class _Problem:
         self.database_label_bits = label_bitmaps(dl, "database_labels")
 
 
-def _scan(problem: _Problem, *, top_k: int | None = None, ns: tuple[int, ...] = (),
-          threads: int | None = None) -> dict:
+def _scan(problem: _Problem, *, top_k: int | None = None, threads: int | None = None) -> dict:
     """Per-query statistics of the ranking (egath.hamming.rank_statistics), plus "n_relevant"."""
     cut = problem.n_db if top_k is None else min(int(top_k), problem.n_db)
     stats = rank_statistics(problem.query, problem.database, problem.query_labels,
-                            problem.database_label_bits, cut=cut, ns=ns, threads=threads)
+                            problem.database_label_bits, cut=cut, threads=threads)
     stats["n_relevant"] = stats["hist_rel"].sum(axis=1)
     return stats
 
 
 # --------------------------------------------------------------------------- AP
 
-def mean_average_precision(query_codes, database_codes, query_labels, database_labels,
-                           top_k: int | None = None, *, threads: int | None = None) -> float:
-    """Mean average precision of Hamming ranking, ties broken by database index.
+def mean_average_precision(query_codes, database_codes, query_labels, database_labels, *,
+                           threads: int | None = None) -> float:
+    """Mean average precision of Hamming ranking over the whole database, order-free.
 
-    For one query, AP = mean over the relevant items of the ranked list of the precision at
-    their rank. With `top_k`, only the first k ranked positions count and AP is normalised by
-    the number of relevant items among them; a query with relevant items in the database but
-    none in the top k contributes AP 0. k larger than the database means the whole database.
-
-    Queries with no relevant item in the whole database are left out of the mean; if every
-    query is left out the result is 0.0.
+    Each query's AP is its expectation over all orders of the items tied at equal Hamming
+    distance (each order equally likely), computed in closed form from per-distance counts:
+    the tie-aware AP of McSherry & Najork (ECIR 2008). It does not depend on the order of the
+    database's rows. Queries with no relevant item are left out of the mean; 0.0 if all are.
 
     `threads` sets how many threads share the queries (default: the available
     cores, at most OMP_NUM_THREADS when set, at most 8); the result does not depend on it.
     """
     problem = _Problem(query_codes, database_codes, query_labels, database_labels)
+    return _mean_tie_aware(_scan(problem, threads=threads))
+
+
+def index_tie_map(query_codes, database_codes, query_labels, database_labels,
+                  top_k: int | None = None, *, threads: int | None = None) -> float:
+    """Mean average precision of Hamming ranking with ties broken by database index.
+
+    The number the peers' published evaluation code gives with a stable sort: for comparison
+    with published numbers only, since it depends on the order of the database's rows (a
+    manifest written folder by folder puts items of one label side by side and rewards codes
+    with many ties). AP = mean over the relevant items of the ranked list of the precision at
+    their rank. With `top_k`, only the first k ranked positions count and AP is normalised by
+    the number of relevant items among them; a query with relevant items in the database but
+    none in the top k contributes AP 0. k larger than the database means the whole database.
+    Queries with no relevant item in the whole database are left out of the mean; 0.0 if
+    every query is.
+    """
+    problem = _Problem(query_codes, database_codes, query_labels, database_labels)
     if top_k is not None and int(top_k) < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
-    stats = _scan(problem, top_k=top_k, threads=threads)
-    return _mean_ap(stats)
+    return _mean_index_tie_ap(_scan(problem, top_k=top_k, threads=threads))
 
 
-def _mean_ap(stats: dict) -> float:
+def _mean_index_tie_ap(stats: dict) -> float:
     keep = stats["n_relevant"] > 0
     if not keep.any():
         return 0.0
@@ -160,19 +177,6 @@ def _tie_aware_ap(hist_all: np.ndarray, hist_rel: np.ndarray) -> np.ndarray:
     return np.divide(terms.sum(axis=1), total, out=np.zeros(len(total)), where=total > 0)
 
 
-def tie_aware_map(query_codes, database_codes, query_labels, database_labels, *,
-                  threads: int | None = None) -> float:
-    """Tie-aware mean average precision (McSherry & Najork, ECIR 2008).
-
-    Each query's AP is its expectation over all orders of the items tied at equal Hamming
-    distance (each order equally likely), computed in closed form from per-distance counts.
-    Queries with no relevant item are left out of the mean; 0.0 if all are.
-    """
-    problem = _Problem(query_codes, database_codes, query_labels, database_labels)
-    stats = _scan(problem, threads=threads)
-    return _mean_tie_aware(stats)
-
-
 def _mean_tie_aware(stats: dict) -> float:
     keep = stats["n_relevant"] > 0
     if not keep.any():
@@ -214,15 +218,18 @@ def _pr_curve(stats: dict, bits: int) -> dict:
 
 def precision_at_n(query_codes, database_codes, query_labels, database_labels,
                    ns=DEFAULT_NS, *, threads: int | None = None) -> dict:
-    """Precision among the first n ranked items (ties by database index), for each n in `ns`.
+    """Precision among the first n ranked items, for each n in `ns`, order-free.
 
-    Values of n larger than the database are dropped. Precision is averaged over all queries
-    (a query with no relevant item scores 0). Returns dict(n=int array, precision=float array).
+    Where n cuts through a distance bucket, the first n hold every item closer than that
+    distance and a uniformly random subset of the bucket, so the relevant items the bucket
+    adds are expected in proportion: r_d (n - L_d) / n_d for a bucket of n_d items, r_d of
+    them relevant, L_d items closer. Values of n larger than the database are dropped.
+    Precision is averaged over all queries (a query with no relevant item scores 0).
+    Returns dict(n=int array, precision=float array).
     """
     problem = _Problem(query_codes, database_codes, query_labels, database_labels)
     ns = _valid_ns(ns, problem.n_db)
-    stats = _scan(problem, ns=ns, threads=threads)
-    return _precision_at_n(stats, ns)
+    return _precision_at_n(_scan(problem, threads=threads), ns)
 
 
 def _valid_ns(ns, n_db: int) -> tuple[int, ...]:
@@ -233,18 +240,23 @@ def _valid_ns(ns, n_db: int) -> tuple[int, ...]:
 
 
 def _precision_at_n(stats: dict, ns: tuple[int, ...]) -> dict:
+    n_arr = np.asarray(ns, np.int64)
     if not ns or stats["n_relevant"].size == 0:
-        return {"n": np.asarray(ns, np.int64), "precision": np.zeros(len(ns))}
-    precision = (stats["hits"] / np.asarray(ns, np.float64)).mean(axis=0)
-    return {"n": np.asarray(ns, np.int64), "precision": precision}
+        return {"n": n_arr, "precision": np.zeros(len(ns))}
+    n = stats["hist_all"].astype(np.float64)[:, None, :]  # (Q, 1, D)
+    r = stats["hist_rel"].astype(np.float64)[:, None, :]
+    before = np.cumsum(n, axis=2) - n
+    taken = np.clip(n_arr[None, :, None] - before, 0.0, n)  # (Q, len(ns), D): items of each bucket in the first n
+    hits = (r * np.divide(taken, n, out=np.zeros_like(taken), where=n > 0)).sum(axis=2)
+    return {"n": n_arr, "precision": (hits / n_arr).mean(axis=0)}
 
 
 # --------------------------------------------------------------------------- files
 
 def random_codes_map(query_labels, database_labels, bits: int, seed: int = 0, *,
                      threads: int | None = None) -> float:
-    """mAP of uniformly random codes on the same labels and sizes: the chance level that a
-    trained model's mAP is read against."""
+    """mAP (order-free) of uniformly random codes on the same labels and sizes: the chance
+    level that a trained model's mAP is read against."""
     rng = np.random.default_rng(seed)
     query = rng.integers(0, 2, (len(query_labels), bits))
     database = rng.integers(0, 2, (len(database_labels), bits))
@@ -252,13 +264,12 @@ def random_codes_map(query_labels, database_labels, bits: int, seed: int = 0, *,
 
 
 def _evaluate(problem: _Problem, ns, threads) -> dict:
-    ns = _valid_ns(ns, problem.n_db)
-    stats = _scan(problem, ns=ns, threads=threads)
+    stats = _scan(problem, threads=threads)
     pr = _pr_curve(stats, problem.bits)
-    pan = _precision_at_n(stats, ns)
+    pan = _precision_at_n(stats, _valid_ns(ns, problem.n_db))
     return {
-        "map": _mean_ap(stats),
-        "map_tie_aware": _mean_tie_aware(stats),
+        "map": _mean_tie_aware(stats),
+        "map_index_ties": _mean_index_tie_ap(stats),
         "pr": {key: [v.item() for v in pr[key]] for key in ("radius", "precision", "recall")},
         "precision_at_n": {key: [v.item() for v in pan[key]] for key in ("n", "precision")},
     }
@@ -268,9 +279,10 @@ def evaluate_codes(codes_h5_path, ns=DEFAULT_NS, *, threads: int | None = None) 
     """Evaluate a codes.h5 file; returns the "tasks" part of metrics.json.
 
     {"i2t": {...}, "t2i": {...}}: i2t ranks the text database for image queries, t2i the
-    image database for text queries. Each holds map, map_tie_aware, map_random_codes (the
-    chance level), pr (radius, precision, recall) and precision_at_n (n, precision) as plain
-    Python numbers and lists.
+    image database for text queries. Each holds map (order-free: ties in random order),
+    map_index_ties (ties by database index, for comparison with published numbers),
+    map_random_codes (the chance level), pr (radius, precision, recall) and precision_at_n
+    (n, precision; order-free) as plain Python numbers and lists.
     """
     from egath.io import open_h5
 
@@ -295,14 +307,14 @@ def _plain(value):
 def write_metrics(codes_h5, out_json, protocol: dict, *, threads: int | None = None) -> dict:
     """Evaluate `codes_h5` and write the full metrics.json (docs/formats.md) atomically.
 
-    dataset, method and bits come from the attributes of codes.h5; `protocol` is stored with
+    dataset, method, model, kind and bits come from the attributes of codes.h5; `protocol` is stored with
     what codes.h5 knows added: the set sizes and how the model's epoch was selected. The file
     appears complete or not at all. Returns the written dict.
     """
     from egath.io import atomic_output, open_h5
 
     with open_h5(codes_h5, required=("query/labels", "database/labels")) as f:
-        attrs = {key: f.attrs[key] for key in ("dataset", "method", "bits")}
+        attrs = {key: f.attrs[key] for key in ("dataset", "method", "model", "kind", "bits")}
         protocol = {**protocol, "n_query": len(f["query/labels"]), "n_database": len(f["database/labels"])}
         if "epoch_selection" in f.attrs:
             protocol["epoch_selection"] = f.attrs["epoch_selection"]
@@ -310,6 +322,8 @@ def write_metrics(codes_h5, out_json, protocol: dict, *, threads: int | None = N
     metrics = {
         "dataset": str(attrs["dataset"]),
         "method": str(attrs["method"]),
+        "model": str(attrs["model"]),
+        "kind": str(attrs["kind"]),
         "bits": int(attrs["bits"]),
         "protocol": {k: _plain(v) for k, v in dict(protocol).items()},
         "tasks": evaluate_codes(codes_h5, threads=threads),

@@ -12,8 +12,9 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from egath.io import atomic_output
+from egath.methods import EGATH_FAMILY
 
-__all__ = ["collect_metrics", "write_map_table", "plot_pr_curves", "plot_precision_at_n",
+__all__ = ["collect_metrics", "method_order", "write_map_table", "plot_pr_curves", "plot_precision_at_n",
            "read_history", "plot_loss_curves"]
 
 TASKS = ("i2t", "t2i")
@@ -23,8 +24,9 @@ COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#0
            "#F0E442")
 LINESTYLES = ("-", "--", "-.", ":")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-# map.csv: one row per seed, then one aggregate row (seed "mean") per dataset x method x bits x task
-CSV_COLUMNS = ("dataset", "method", "bits", "task", "seed", "n_seeds", "map", "map_std", "map_tie_aware",
+# map.csv: one row per seed, then one aggregate row (seed "mean") per dataset x method x bits x task;
+# map is the order-free headline, map_index_ties the peers' tie rule (egath.metrics)
+CSV_COLUMNS = ("dataset", "method", "bits", "task", "seed", "n_seeds", "map", "map_std", "map_index_ties",
                "map_random_codes")
 PROTOCOL_COLUMNS = ("n_query", "n_database", "n_train", "split_seed", "map_kind", "tie_rule",
                     "epoch_selection", "code_update")
@@ -33,14 +35,33 @@ DAGGER = "†"
 
 
 def collect_metrics(paths) -> list[dict]:
-    """Read metrics.json files (docs/formats.md), in the given order."""
+    """Read metrics.json files (docs/formats.md), in the given order.
+
+    A file written before `map` became order-free (it has no `map_index_ties`) is refused:
+    its `map` means another number."""
     out = []
     for path in paths:
         try:
-            out.append(json.loads(Path(path).read_text(encoding="utf-8")))
+            metrics = json.loads(Path(path).read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON: {e}") from e
+        if any("map_index_ties" not in task for task in metrics.get("tasks", {}).values()):
+            raise ValueError(f"{path}: written by an older version, whose `map` broke ties by "
+                             "database index; evaluate again (snakemake --forcerun train)")
+        out.append(metrics)
     return out
+
+
+def method_order(runs, listed=()) -> list[str]:
+    """The methods of `runs` (metrics or histories) in reading order: EGATH and its ablations,
+    then the supervised peers, then the unsupervised methods; within a group in the order of
+    `listed` (the config's), then by name."""
+    groups = {}
+    for run in runs:
+        model, kind = run.get("model", run["method"]), run.get("kind", "")
+        groups.setdefault(run["method"], 0 if model in EGATH_FAMILY else {"supervised": 1, "unsupervised": 2}.get(kind, 3))
+    listed = list(listed)
+    return sorted(groups, key=lambda m: (groups[m], listed.index(m) if m in listed else len(listed), m))
 
 
 # --------------------------------------------------------------------------- tables
@@ -57,8 +78,8 @@ def _protocol(m) -> dict:
             "epoch_selection": p.get("epoch_selection", ""), "code_update": p.get("code_update", "")}
 
 
-def _rows(metrics) -> list[dict]:
-    """One row per dataset x method x bits x task x seed."""
+def _rows(metrics, order: list[str]) -> list[dict]:
+    """One row per dataset x method x bits x task x seed, methods in `order`."""
     rows, seen = [], set()
     for m in metrics:
         for task, values in m["tasks"].items():
@@ -67,9 +88,9 @@ def _rows(metrics) -> list[dict]:
                 raise ValueError(f"duplicate metrics for {key}")
             seen.add(key)
             rows.append({**dict(zip(CSV_COLUMNS[:5], key)), "n_seeds": 1, "map": float(values["map"]),
-                         "map_std": "", "map_tie_aware": float(values["map_tie_aware"]),
+                         "map_std": "", "map_index_ties": float(values["map_index_ties"]),
                          "map_random_codes": float(values["map_random_codes"]), **_protocol(m)})
-    return sorted(rows, key=lambda r: (r["dataset"], r["method"], r["bits"], r["task"], r["seed"]))
+    return sorted(rows, key=lambda r: (r["dataset"], order.index(r["method"]), r["bits"], r["task"], r["seed"]))
 
 
 def _aggregate(rows) -> list[dict]:
@@ -85,7 +106,7 @@ def _aggregate(rows) -> list[dict]:
             protocol["epoch_selection"] = "per seed (see seed rows)"
         out.append({**dict(zip(CSV_COLUMNS[:4], key)), "seed": "mean", "n_seeds": len(group),
                     "map": sum(maps) / len(maps), "map_std": statistics.stdev(maps) if len(maps) > 1 else 0.0,
-                    "map_tie_aware": sum(r["map_tie_aware"] for r in group) / len(group),
+                    "map_index_ties": sum(r["map_index_ties"] for r in group) / len(group),
                     "map_random_codes": sum(r["map_random_codes"] for r in group) / len(group),
                     **protocol})
     return out
@@ -107,7 +128,8 @@ def _latex_escape(text: str) -> str:
     return text
 
 
-def write_map_table(metrics, csv_path, md_path, tex_path, reference=None, html_path=None) -> list[dict]:
+def write_map_table(metrics, csv_path, md_path, tex_path, reference=None, html_path=None,
+                    listed=()) -> list[dict]:
     """Write the mAP table as CSV (long format) plus Markdown, LaTeX and (if `html_path`) HTML
     pivot tables; the HTML one is what the Snakemake report shows.
 
@@ -115,15 +137,16 @@ def write_map_table(metrics, csv_path, md_path, tex_path, reference=None, html_p
     (seed "mean": mean and sample std over the seeds, n_seeds) per dataset x method x bits x
     task; every row carries its protocol (set sizes, split seed, mAP kind, tie rule, epoch
     selection, code update). map_random_codes is the chance level of random codes on the same sets.
-    Markdown / LaTeX (booktabs): rows = methods, columns = dataset x task x bits, cells =
-    mean ± std over seeds; the best mean of a column is bold only where it exceeds the next
-    best by more than the larger of their standard deviations. A "random codes" row gives the
-    chance level. `reference` is an optional list of dicts {dataset, method, bits, task, map,
+    Markdown / LaTeX (booktabs): rows = methods in `method_order` (`listed`: the config's
+    order), columns = dataset x task x bits, cells = mean ± std over seeds; the best mean of a
+    column is bold only where it exceeds the next best, and the chance level, by more than the
+    larger of their standard deviations. A "random codes" row gives the chance level. `reference` is an optional list of dicts {dataset, method, bits, task, map,
     source}: published numbers, shown as extra rows with the method name marked by a dagger and
     a footnote naming the source; they are never bold.
     Returns the aggregate rows.
     """
-    rows = _rows(metrics)
+    methods = method_order(metrics, listed)
+    rows = _rows(metrics, methods)
     aggregate = _aggregate(rows)
     columns_csv = CSV_COLUMNS + PROTOCOL_COLUMNS
     with atomic_output(csv_path) as tmp:
@@ -139,7 +162,6 @@ def write_map_table(metrics, csv_path, md_path, tex_path, reference=None, html_p
     # (mean, std); no std for a single seed
     measured = {(r["method"], r["dataset"], r["task"], r["bits"]): (r["map"], r["map_std"] if r["n_seeds"] > 1 else None)
                 for r in aggregate}
-    methods = sorted({r["method"] for r in aggregate})
     n_seeds = sorted({r["n_seeds"] for r in aggregate})
     ref_values, sources = {}, {}
     for r in reference:
@@ -149,13 +171,14 @@ def write_map_table(metrics, csv_path, md_path, tex_path, reference=None, html_p
             sources[r["method"]].append(r["source"])
     ref_methods = sorted(sources)
 
+    chance = {(r["dataset"], r["task"], r["bits"]): (r["map_random_codes"], None) for r in aggregate}
+
     def bold_method(col):
-        """The method whose mean beats the next best by more than either's std, if any."""
-        ranked = sorted(((measured[(m, *col)], m) for m in methods if (m, *col) in measured), reverse=True)
-        if not ranked:
+        """The method whose mean beats the next best, chance included, by more than either's std."""
+        ranked = sorted([(measured[(m, *col)], m) for m in methods if (m, *col) in measured]
+                        + [(chance[col], CHANCE_ROW)] * (col in chance), reverse=True)
+        if len(ranked) < 2 or ranked[0][1] == CHANCE_ROW:
             return None
-        if len(ranked) == 1:
-            return ranked[0][1]
         (best, best_std), m = ranked[0]
         (second, second_std), _ = ranked[1]
         return m if best - second > max(best_std or 0, second_std or 0) else None
@@ -165,7 +188,6 @@ def write_map_table(metrics, csv_path, md_path, tex_path, reference=None, html_p
     for m in methods:
         cells = [measured.get((m, *col)) for col in columns]
         table.append((m, False, cells, [bold[col] == m for col in columns]))
-    chance = {(r["dataset"], r["task"], r["bits"]): (r["map_random_codes"], None) for r in aggregate}
     table.append((CHANCE_ROW, True, [chance.get(col) for col in columns], [False] * len(columns)))
     for m in ref_methods:
         table.append((m, True, [ref_values.get((m, *col)) for col in columns], [False] * len(columns)))
@@ -173,8 +195,9 @@ def write_map_table(metrics, csv_path, md_path, tex_path, reference=None, html_p
     notes = [f"{CHANCE_ROW}: uniformly random codes on the same query and database sets "
              "(chance level), not a method"]
     notes += [f"{m}: reported in {'; '.join(sources[m])}, different protocol" for m in ref_methods]
-    caption = (f"mAP@all, ties by database index; mean ± std over {seeds_text} training seed(s); "
-               "bold: best mean, ahead of the next by more than either's std")
+    caption = (f"mAP@all, order-free (ties at equal Hamming distance in random order: expected AP); "
+               f"mean ± std over {seeds_text} training seed(s); bold: best mean, ahead of the next "
+               "and of chance by more than either's std")
 
     _write_text(md_path, _markdown(table, columns, notes, caption))
     _write_text(tex_path, _latex(table, columns, notes, caption))
@@ -281,15 +304,14 @@ def _latex(table, columns, notes, caption) -> str:
 
 # --------------------------------------------------------------------------- figures
 
-def _select(metrics, dataset, bits) -> dict[str, list[dict]]:
-    """{method: [metrics or history of each seed]} of one dataset at one code length."""
-    chosen: dict[str, list[dict]] = {}
-    for m in sorted(metrics, key=lambda m: (m["method"], _seed(m))):
-        if m["dataset"] == dataset and int(m["bits"]) == int(bits):
-            chosen.setdefault(m["method"], []).append(m)
-    if not chosen:
+def _select(metrics, dataset, bits, listed=()) -> dict[str, list[dict]]:
+    """{method: [metrics or history of each seed]} of one dataset at one code length, methods
+    in `method_order`."""
+    runs = [m for m in metrics if m["dataset"] == dataset and int(m["bits"]) == int(bits)]
+    if not runs:
         raise ValueError(f"no runs of dataset {dataset!r} at {bits} bits")
-    return chosen
+    return {method: sorted((m for m in runs if m["method"] == method), key=_seed)
+            for method in method_order(runs, listed)}
 
 
 def _mean_curve(curves) -> tuple[list, list]:
@@ -317,8 +339,8 @@ def save_figure(fig: Figure, png_path, pdf_path) -> None:
             fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
 
 
-def _plot(metrics, dataset, bits, png_path, pdf_path, curve, xlabel, ylabel, what):
-    chosen = _select(metrics, dataset, bits)
+def _plot(metrics, dataset, bits, png_path, pdf_path, curve, xlabel, ylabel, what, listed):
+    chosen = _select(metrics, dataset, bits, listed)
     seeds = sorted({len(runs) for runs in chosen.values()})
     fig = Figure(figsize=(10, 4.2))
     axes = fig.subplots(1, 2, sharey=True)
@@ -337,39 +359,40 @@ def _plot(metrics, dataset, bits, png_path, pdf_path, curve, xlabel, ylabel, wha
     save_figure(fig, png_path, pdf_path)
 
 
-def plot_pr_curves(metrics, dataset, bits, png_path, pdf_path) -> None:
+def plot_pr_curves(metrics, dataset, bits, png_path, pdf_path, listed=()) -> None:
     """Precision-recall curves by Hamming radius: one panel per task, every method of
-    `dataset` at `bits` bits."""
+    `dataset` at `bits` bits (in `method_order`)."""
     def curve(t):
         return t["pr"]["recall"], t["pr"]["precision"]
     _plot(metrics, dataset, bits, png_path, pdf_path, curve, "recall", "precision",
-          "Precision-recall (Hamming radius 0..bits)")
+          "Precision-recall (Hamming radius 0..bits)", listed)
 
 
-def plot_precision_at_n(metrics, dataset, bits, png_path, pdf_path) -> None:
+def plot_precision_at_n(metrics, dataset, bits, png_path, pdf_path, listed=()) -> None:
     """Precision of the top N ranked items against N: one panel per task, every method."""
     def curve(t):
         return t["precision_at_n"]["n"], t["precision_at_n"]["precision"]
     _plot(metrics, dataset, bits, png_path, pdf_path, curve, "N (top-ranked items)",
-          "precision@N", "Precision@N")
+          "precision@N", "Precision@N (ties in random order)", listed)
 
 
 def read_history(model_path) -> dict:
-    """{method, dataset, bits, history, protocol: {training_seed}} of a trained model.pt (no weights)."""
+    """{method, model, kind, dataset, bits, history, protocol: {training_seed}} of a trained
+    model.pt (no weights)."""
     import torch
 
     ckpt = torch.load(model_path, map_location="cpu", weights_only=False)
-    return {**{key: ckpt[key] for key in ("method", "dataset", "bits", "history")},
-            "protocol": {"training_seed": ckpt["config"]["seed"]}}
+    return {**{key: ckpt[key] for key in ("method", "kind", "dataset", "bits", "history")},
+            "model": ckpt["method_spec"]["model"], "protocol": {"training_seed": ckpt["config"]["seed"]}}
 
 
 NOT_LOSS_TERMS = ("epoch", "lr", "seconds", "validation_map", "code_flip_rate", "multiplier_rms")
 
 
-def plot_loss_curves(histories, dataset, bits, png_path, pdf_path) -> None:
+def plot_loss_curves(histories, dataset, bits, png_path, pdf_path, listed=()) -> None:
     """Per method, each term of its loss per epoch (mean over seeds; log scale); and the
     validation mAP of the methods that select their epoch on it."""
-    chosen = {m: runs for m, runs in _select(histories, dataset, bits).items() if runs[0]["history"]}
+    chosen = {m: runs for m, runs in _select(histories, dataset, bits, listed).items() if runs[0]["history"]}
     if not chosen:
         raise ValueError(f"no trained runs of dataset {dataset!r} at {bits} bits (closed-form methods only)")
     with_validation = {m: runs for m, runs in chosen.items() if "validation_map" in runs[0]["history"][0]}

@@ -288,7 +288,7 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
         selection = "last epoch"
     result = {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
               "model_config": asdict(model.cfg), "config": asdict(cfg), "history": history,
-              "method": method, "method_spec": asdict(method_spec),
+              "method": method, "kind": method_def.kind, "method_spec": asdict(method_spec),
               "method_params": asdict(method_params), "dataset": dataset,
               "bits": bits, "epoch_selection": selection,
               "inputs": {**training_inputs(pairs_path, features_path),

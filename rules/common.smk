@@ -144,7 +144,7 @@ def get_protocol(wildcards):
         "split_seed": cfg["split_seed"],
         "relevance": "shares at least one label",
         "map": "mAP@all",
-        "tie_rule": "database index",
+        "tie_rule": "random order (expected over the orders of tied items)",
     }
 
 

@@ -23,6 +23,8 @@ rule tables:
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        methods=METHODS,  # the config's order, within the tables' method groups
     script:
         "../scripts/tables.py"
 
@@ -55,6 +57,8 @@ rule figures:
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        methods=METHODS,  # the config's order, within the tables' method groups
     script:
         "../scripts/figures.py"
 
@@ -84,6 +88,8 @@ rule loss_curves:
     resources:
         mem_mb=2000,
         runtime=5,
+    params:
+        methods=METHODS,  # the config's order, within the tables' method groups
     script:
         "../scripts/loss_curves.py"
 

@@ -10,6 +10,7 @@ plot_loss_curves(
     int(snakemake.wildcards.bits),
     snakemake.output.png,
     snakemake.output.pdf,
+    listed=snakemake.params.methods,
 )
 log.info("wrote %s and %s from %d models", snakemake.output.png, snakemake.output.pdf,
          len(snakemake.input.models))

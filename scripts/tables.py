@@ -11,6 +11,7 @@ rows = write_map_table(
     snakemake.output.tex,
     reference=read_reference_table(*snakemake.input.reference),
     html_path=snakemake.output.html,
+    listed=snakemake.params.methods,
 )
 log.info("wrote %s (%d rows), %s and %s from %d metrics files", snakemake.output.csv, len(rows),
          snakemake.output.md, snakemake.output.tex, len(snakemake.input.metrics))

@@ -60,13 +60,30 @@ def ref_pr(q, db, ql, dl):
 
 
 def ref_pan(q, db, ql, dl, ns):
+    """Precision@n expected over random tie orders: the first n hold every item closer than the
+    bucket n cuts and, of that bucket, each item with the same probability."""
     ns = [n for n in ns if n <= len(db)]
     out = np.zeros(len(ns))
     for i in range(len(q)):
-        _, rel, order = _ranked(q, db, ql, dl, i)
-        g = rel[order]
-        out += [g[:n].sum() / n for n in ns]
+        dist, rel, _ = _ranked(q, db, ql, dl, i)
+        for k, n in enumerate(ns):
+            closer = dist < np.sort(dist)[n - 1]
+            cut = dist == np.sort(dist)[n - 1]
+            left = n - closer.sum()
+            out[k] += (rel[closer].sum() + rel[cut].sum() * left / cut.sum()) / n
     return np.array(ns), out / len(q)
+
+
+def ref_pan_permutations(q, db, ql, dl, ns):
+    """Precision@n averaged over literally all orders of tied items (tiny inputs only)."""
+    out = np.zeros(len(ns))
+    for i in range(len(q)):
+        dist, rel, _ = _ranked(q, db, ql, dl, i)
+        groups = [np.flatnonzero(dist == d) for d in np.unique(dist)]
+        orders = [[j for perm in combo for j in perm]
+                  for combo in itertools.product(*[list(itertools.permutations(g)) for g in groups])]
+        out += [np.mean([rel[order][:n].sum() / n for order in orders]) for n in ns]
+    return out / len(q)
 
 
 def _ap_of_sequence(g):
@@ -147,9 +164,9 @@ CASES = [(seed, bits, labels, zo)
 def test_all_metrics_match_brute_force(seed, bits, labels, zero_one):
     q, db, ql, dl = random_case(seed, 23, 157, bits, labels, zero_one)
     for k in (None, 1, 10, 156, 157, 1000):
-        assert M.mean_average_precision(q, db, ql, dl, top_k=k) == pytest.approx(
+        assert M.index_tie_map(q, db, ql, dl, top_k=k) == pytest.approx(
             ref_map(q, db, ql, dl, top_k=k), abs=1e-9)
-    assert M.tie_aware_map(q, db, ql, dl) == pytest.approx(
+    assert M.mean_average_precision(q, db, ql, dl) == pytest.approx(
         ref_tie_aware_direct(q, db, ql, dl), abs=1e-9)
     pr = M.precision_recall_by_radius(q, db, ql, dl)
     P, R = ref_pr(q, db, ql, dl)
@@ -167,11 +184,11 @@ def test_all_metrics_match_brute_force(seed, bits, labels, zero_one):
 def test_threads_do_not_change_results():
     q, db, ql, dl = random_case(11, 37, 301, 16, 5)
     expected = ref_map(q, db, ql, dl)
-    one = M.mean_average_precision(q, db, ql, dl, threads=1)
+    one = M.index_tie_map(q, db, ql, dl, threads=1)
     assert one == pytest.approx(expected, abs=1e-12)
     for threads in (2, 3, 50):  # more threads than queries too
-        assert M.mean_average_precision(q, db, ql, dl, threads=threads) == one
-        assert M.tie_aware_map(q, db, ql, dl, threads=threads) == M.tie_aware_map(
+        assert M.index_tie_map(q, db, ql, dl, threads=threads) == one
+        assert M.mean_average_precision(q, db, ql, dl, threads=threads) == M.mean_average_precision(
             q, db, ql, dl, threads=1)
 
 
@@ -188,9 +205,9 @@ def test_tie_heavy_cases_match_brute_force(bits):
     ql = label_sets[rng.integers(0, 5, 9)]
     dl = label_sets[rng.integers(0, 5, 1000)]
     for k in (None, 1, 7, 100, 999, 1000):
-        assert M.mean_average_precision(q, db, ql, dl, top_k=k) == pytest.approx(
+        assert M.index_tie_map(q, db, ql, dl, top_k=k) == pytest.approx(
             ref_map(q, db, ql, dl, top_k=k), abs=1e-9)
-    assert M.tie_aware_map(q, db, ql, dl) == pytest.approx(
+    assert M.mean_average_precision(q, db, ql, dl) == pytest.approx(
         ref_tie_aware_direct(q, db, ql, dl), abs=1e-9)
     pan = M.precision_at_n(q, db, ql, dl, ns=(1, 10, 64, 65, 999, 1000))
     np.testing.assert_allclose(pan["precision"], ref_pan(q, db, ql, dl, pan["n"])[1],
@@ -206,7 +223,7 @@ def test_tie_aware_large_offsets_accurate():
     # buckets preceded by thousands of items: the harmonic differences must not cancel
     q, db, ql, dl = random_case(5, 4, 6000, 16, 4, p_label=0.3)
     ql[:, 0] = 1  # every query has relevant items
-    assert M.tie_aware_map(q, db, ql, dl) == pytest.approx(
+    assert M.mean_average_precision(q, db, ql, dl) == pytest.approx(
         ref_tie_aware_direct(q, db, ql, dl), abs=1e-12)
 
 
@@ -232,18 +249,19 @@ def test_hand_computed_map():
     db = _codes([[-1, -1], [1, -1], [-1, 1], [1, 1]])
     ql = np.array([[1, 0]])
     dl = np.array([[1, 0], [0, 1], [1, 1], [1, 0]])
-    assert M.mean_average_precision(q, db, ql, dl) == pytest.approx(29 / 36, abs=1e-15)
+    assert M.index_tie_map(q, db, ql, dl) == pytest.approx(29 / 36, abs=1e-15)
     # top 2: relevance 1,0 -> one relevant, precision 1 at rank 1 -> AP 1
-    assert M.mean_average_precision(q, db, ql, dl, top_k=2) == pytest.approx(1.0)
+    assert M.index_tie_map(q, db, ql, dl, top_k=2) == pytest.approx(1.0)
     # top 3: (1/1 + 2/3) / 2 = 5/6
-    assert M.mean_average_precision(q, db, ql, dl, top_k=3) == pytest.approx(5 / 6)
+    assert M.index_tie_map(q, db, ql, dl, top_k=3) == pytest.approx(5 / 6)
     # tie-aware: bucket d=1 holds {nonrel, rel}: orders (0,1) and (1,0) equally likely
     # order 1,0,1,1 -> 29/36; order 1,1,0,1 -> (1 + 1 + 3/4)/3 = 11/12 = 33/36
-    assert M.tie_aware_map(q, db, ql, dl) == pytest.approx((29 + 33) / 72, abs=1e-15)
-    # precision@n: first 1 -> 1, first 3 -> 2/3, n=5 > database dropped
-    pan = M.precision_at_n(q, db, ql, dl, ns=(1, 3, 5))
-    assert pan["n"].tolist() == [1, 3]
-    np.testing.assert_allclose(pan["precision"], [1.0, 2 / 3])
+    assert M.mean_average_precision(q, db, ql, dl) == pytest.approx((29 + 33) / 72, abs=1e-15)
+    # precision@n: first 1 -> 1; first 2 -> item 0 and one of the tied items 1, 2 (relevant
+    # with probability 1/2) -> 3/4; first 3 -> 2/3; n=5 > database dropped
+    pan = M.precision_at_n(q, db, ql, dl, ns=(1, 2, 3, 5))
+    assert pan["n"].tolist() == [1, 2, 3]
+    np.testing.assert_allclose(pan["precision"], [1.0, 3 / 4, 2 / 3])
     # radius 0: 1 retrieved, relevant -> P 1, R 1/3; radius 1: 3 retrieved, 2 relevant
     pr = M.precision_recall_by_radius(q, db, ql, dl)
     np.testing.assert_allclose(pr["precision"], [1, 2 / 3, 3 / 4])
@@ -256,9 +274,9 @@ def test_ties_broken_by_database_index():
     db = _codes([[1, 1], [1, 1]])
     ql = np.array([[1]])
     dl = np.array([[0], [1]])
-    assert M.mean_average_precision(q, db, ql, dl) == pytest.approx(0.5)
+    assert M.index_tie_map(q, db, ql, dl) == pytest.approx(0.5)
     # expected over both orders: (1/2 + 1) / 2
-    assert M.tie_aware_map(q, db, ql, dl) == pytest.approx(0.75)
+    assert M.mean_average_precision(q, db, ql, dl) == pytest.approx(0.75)
 
 
 def test_queries_without_relevant_items_are_left_out():
@@ -267,13 +285,13 @@ def test_queries_without_relevant_items_are_left_out():
     ql = np.array([[1, 0], [0, 0]])  # second query has no label at all
     dl = np.array([[0, 1], [1, 0]])
     # query 0: relevance 0,1 (distances 0,1) -> AP 1/2; query 1 left out
+    assert M.index_tie_map(q, db, ql, dl) == pytest.approx(0.5)
+    assert M.index_tie_map(q, db, ql, dl, top_k=1) == pytest.approx(0.0)
     assert M.mean_average_precision(q, db, ql, dl) == pytest.approx(0.5)
-    assert M.mean_average_precision(q, db, ql, dl, top_k=1) == pytest.approx(0.0)
-    assert M.tie_aware_map(q, db, ql, dl) == pytest.approx(0.5)
     # no query has a relevant item -> 0.0
     none = np.zeros_like(ql)
+    assert M.index_tie_map(q, db, none, dl) == 0.0
     assert M.mean_average_precision(q, db, none, dl) == 0.0
-    assert M.tie_aware_map(q, db, none, dl) == 0.0
     pr = M.precision_recall_by_radius(q, db, none, dl)
     assert np.all(pr["recall"] == 0) and np.all(pr["precision"] == 0)
     # precision@n averages over every query: query 0 has 0 at n=1 and 1/2 at n=2
@@ -283,14 +301,14 @@ def test_queries_without_relevant_items_are_left_out():
 
 def test_top_k_edges():
     q, db, ql, dl = random_case(3, 9, 40, 8, 3)
-    full = M.mean_average_precision(q, db, ql, dl)
-    assert M.mean_average_precision(q, db, ql, dl, top_k=40) == pytest.approx(full, abs=1e-15)
-    assert M.mean_average_precision(q, db, ql, dl, top_k=10**6) == pytest.approx(full, abs=1e-15)
+    full = M.index_tie_map(q, db, ql, dl)
+    assert M.index_tie_map(q, db, ql, dl, top_k=40) == pytest.approx(full, abs=1e-15)
+    assert M.index_tie_map(q, db, ql, dl, top_k=10**6) == pytest.approx(full, abs=1e-15)
     # k = 1: AP is 1 when the first ranked item is relevant, else 0
-    assert M.mean_average_precision(q, db, ql, dl, top_k=1) == pytest.approx(
+    assert M.index_tie_map(q, db, ql, dl, top_k=1) == pytest.approx(
         ref_map(q, db, ql, dl, top_k=1), abs=1e-15)
     with pytest.raises(ValueError):
-        M.mean_average_precision(q, db, ql, dl, top_k=0)
+        M.index_tie_map(q, db, ql, dl, top_k=0)
 
 
 def test_radius_precision_only_counts_queries_that_retrieve():
@@ -312,19 +330,22 @@ def test_tie_aware_equals_average_over_all_tie_orders(seed):
     db = rng.integers(0, 2, size=(n_db, bits))
     ql = rng.integers(0, 2, size=(2, 3))
     dl = rng.integers(0, 2, size=(n_db, 3))
-    got = M.tie_aware_map(q, db, ql, dl)
+    got = M.mean_average_precision(q, db, ql, dl)
     assert got == pytest.approx(ref_tie_aware_permutations(q, db, ql, dl), abs=1e-12)
     assert got == pytest.approx(ref_tie_aware_enumerated(q, db, ql, dl), abs=1e-12)
+    ns = tuple(range(1, n_db + 1))
+    np.testing.assert_allclose(M.precision_at_n(q, db, ql, dl, ns=ns)["precision"],
+                               ref_pan_permutations(q, db, ql, dl, ns), atol=1e-12, rtol=0)
 
 
 def test_input_validation():
     q = np.ones((2, 8), np.int8)
     with pytest.raises(ValueError):
-        M.mean_average_precision(q, np.ones((3, 16)), np.ones((2, 2)), np.ones((3, 2)))
+        M.index_tie_map(q, np.ones((3, 16)), np.ones((2, 2)), np.ones((3, 2)))
     with pytest.raises(ValueError):
-        M.mean_average_precision(q, np.ones((3, 8)), np.ones((2, 2)), np.ones((3, 3)))
+        M.index_tie_map(q, np.ones((3, 8)), np.ones((2, 2)), np.ones((3, 3)))
     with pytest.raises(ValueError):
-        M.mean_average_precision(q[0], np.ones((3, 8)), np.ones((2, 2)), np.ones((3, 2)))
+        M.index_tie_map(q[0], np.ones((3, 8)), np.ones((2, 2)), np.ones((3, 2)))
 
 
 def test_default_ns():
@@ -344,6 +365,7 @@ def _write_codes(path, seed=0, bits=16):
         f["query/labels"] = (rng.random((nq, C)) < 0.3).astype(np.uint8)
         f["database/labels"] = (rng.random((nd, C)) < 0.3).astype(np.uint8)
         f.attrs["dataset"], f.attrs["method"], f.attrs["bits"] = "synthetic", "egath", bits
+        f.attrs["model"], f.attrs["kind"] = "egath", "supervised"
 
 
 def test_evaluate_codes_and_write_metrics(tmp_path):
@@ -358,12 +380,12 @@ def test_evaluate_codes_and_write_metrics(tmp_path):
     for task, q, db in (("i2t", d["query/image"], d["database/text"]),
                         ("t2i", d["query/text"], d["database/image"])):
         t = tasks[task]
-        assert set(t) == {"map", "map_tie_aware", "map_random_codes", "pr", "precision_at_n"}
-        chance = np.mean([ref_map(rng.integers(0, 2, q.shape), rng.integers(0, 2, db.shape), ql, dl)
+        assert set(t) == {"map", "map_index_ties", "map_random_codes", "pr", "precision_at_n"}
+        chance = np.mean([ref_tie_aware_direct(rng.integers(0, 2, q.shape), rng.integers(0, 2, db.shape), ql, dl)
                           for rng in map(np.random.default_rng, range(20))])
         assert abs(t["map_random_codes"] - chance) < 0.1  # one draw against the mean of 20
-        assert t["map"] == pytest.approx(ref_map(q, db, ql, dl), abs=1e-12)
-        assert t["map_tie_aware"] == pytest.approx(ref_tie_aware_direct(q, db, ql, dl), abs=1e-12)
+        assert t["map"] == pytest.approx(ref_tie_aware_direct(q, db, ql, dl), abs=1e-12)
+        assert t["map_index_ties"] == pytest.approx(ref_map(q, db, ql, dl), abs=1e-12)
         assert t["pr"]["radius"] == list(range(17))
         assert t["precision_at_n"]["n"] == [50]  # larger n exceed the 80-item database
     out = tmp_path / "sub" / "metrics.json"
@@ -371,10 +393,47 @@ def test_evaluate_codes_and_write_metrics(tmp_path):
                 "tie_rule": "database index", "split_seed": np.int64(0)}
     M.write_metrics(path, out, protocol)
     loaded = json.loads(out.read_text())
-    assert (loaded["dataset"], loaded["method"], loaded["bits"]) == ("synthetic", "egath", 16)
+    assert (loaded["dataset"], loaded["method"], loaded["model"], loaded["kind"], loaded["bits"]) == (
+        "synthetic", "egath", "egath", "supervised", 16)
     assert loaded["protocol"]["split_seed"] == 0
     assert loaded["tasks"] == json.loads(json.dumps(tasks))
     assert [p.name for p in out.parent.iterdir()] == ["metrics.json"]  # no temp file left
+
+
+@pytest.mark.parametrize("bits", [8, 16, 32, 64, 128])
+def test_headline_metrics_do_not_depend_on_database_order(tmp_path, bits):
+    # tie-heavy codes: a few distinct codes, and a database sorted by label ("folder order"),
+    # where the index tie rule rewards ties; permuting the rows (labels with them) must leave
+    # every headline number as it is, and move the index-tie column
+    rng = np.random.default_rng(bits)
+    pool = rng.integers(0, 2, (5, bits))
+    n_q, n_db = 40, 600
+    label_sets = np.eye(6, dtype=np.uint8)[rng.integers(0, 6, n_db)]
+    order = np.argsort(label_sets.argmax(1), kind="stable")
+    codes = {"query/image": pool[rng.integers(0, 5, n_q)], "query/text": pool[rng.integers(0, 5, n_q)],
+             "database/image": pool[(label_sets.argmax(1) + (rng.random(n_db) < 0.5)) % 5],
+             "database/text": pool[rng.integers(0, 5, n_db)]}
+    ql = np.eye(6, dtype=np.uint8)[rng.integers(0, 6, n_q)]
+
+    def evaluate(name, rows):
+        path = tmp_path / name
+        with h5py.File(path, "w") as f:
+            for key, value in codes.items():
+                f[key] = 2 * (value[rows] if key.startswith("database") else value).astype(np.int8) - 1
+            f["query/labels"], f["database/labels"] = ql, label_sets[rows]
+            f.attrs["dataset"], f.attrs["method"], f.attrs["bits"] = "d", "m", bits
+        return M.evaluate_codes(path)
+
+    folder = evaluate("folder.h5", order)
+    shuffled = evaluate("shuffled.h5", rng.permutation(n_db))
+    for task in ("i2t", "t2i"):
+        a, b = folder[task], shuffled[task]
+        assert a["map"] == pytest.approx(b["map"], abs=1e-9)
+        np.testing.assert_allclose(a["precision_at_n"]["precision"], b["precision_at_n"]["precision"],
+                                   atol=1e-9, rtol=0)
+        for key in ("precision", "recall"):
+            np.testing.assert_allclose(a["pr"][key], b["pr"][key], atol=1e-9, rtol=0)
+    assert any(abs(folder[t]["map_index_ties"] - shuffled[t]["map_index_ties"]) > 1e-3 for t in ("i2t", "t2i"))
 
 
 def test_write_metrics_leaves_nothing_on_failure(tmp_path):

@@ -13,15 +13,18 @@ from egath import reporting as R
 def _task(map_value, bits):
     radius = list(range(bits + 1))
     recall = np.linspace(0.05, 1.0, bits + 1)
-    return {"map": map_value, "map_tie_aware": map_value - 0.01, "map_random_codes": 0.25,
+    return {"map": map_value, "map_index_ties": map_value + 0.01, "map_random_codes": 0.25,
             "pr": {"radius": radius, "precision": list(1.0 - 0.5 * recall),
                    "recall": list(recall)},
             "precision_at_n": {"n": [50, 100, 200], "precision": [0.9, 0.8, 0.7]}}
 
 
+KINDS = {"egath": "supervised", "dcmh": "supervised", "ucch": "unsupervised", "toy": "supervised"}
+
+
 def _metrics(dataset, method, bits, i2t, t2i, seed=0):
-    return {"dataset": dataset, "method": method, "bits": bits,
-            "protocol": {"tie_rule": "database index", "training_seed": seed, "map": "mAP@all",
+    return {"dataset": dataset, "method": method, "model": method, "kind": KINDS[method], "bits": bits,
+            "protocol": {"tie_rule": "random order", "training_seed": seed, "map": "mAP@all",
                          "n_query": 10, "n_database": 90, "epoch_selection": "last epoch"},
             "tasks": {"i2t": _task(i2t, bits), "t2i": _task(t2i, bits)}}
 
@@ -37,6 +40,40 @@ REFERENCE = [{"dataset": "flickr", "method": "EGATH-paper", "bits": 16, "task": 
 @pytest.fixture
 def metrics():
     return [_metrics(*m) for m in MAPS]
+
+
+def test_collect_metrics_refuses_files_of_the_index_tie_headline(tmp_path, metrics):
+    old = json.loads(json.dumps(metrics[0]))
+    for task in old["tasks"].values():
+        del task["map_index_ties"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="old.json: written by an older version.*--forcerun train"):
+        R.collect_metrics([path])
+
+
+def test_methods_in_reading_order_egath_family_then_supervised_then_unsupervised(tmp_path):
+    runs = [_metrics("flickr", m, 16, 0.5, 0.5) for m in ("ucch", "dcmh", "toy", "egath")]
+    runs.append({**_metrics("flickr", "egath", 16, 0.5, 0.5), "method": "egath-cliptext"})
+    assert R.method_order(runs) == ["egath", "egath-cliptext", "dcmh", "toy", "ucch"]
+    # the config's order within a group
+    assert R.method_order(runs, listed=["egath-cliptext", "toy", "egath", "dcmh"]) == [
+        "egath-cliptext", "egath", "toy", "dcmh", "ucch"]
+    R.write_map_table(runs, tmp_path / "a.csv", tmp_path / "a.md", tmp_path / "a.tex")
+    _, body = _md_cells((tmp_path / "a.md").read_text())
+    assert list(body) == ["egath", "egath-cliptext", "dcmh", "toy", "ucch", "random codes†"]
+
+
+def test_never_bold_at_or_below_chance(tmp_path):
+    # one method, 0.001 below its chance level (0.25): nothing is bold; 0.30 with std 0.01 is
+    paths = [tmp_path / n for n in ("a.csv", "a.md", "a.tex")]
+    R.write_map_table([_metrics("flickr", "toy", 16, 0.249, 0.30)], *paths)
+    _, body = _md_cells(paths[1].read_text())
+    assert body["toy"] == {"flickr i2t 16": "0.2490", "flickr t2i 16": "**0.3000**"}
+    runs = [_metrics("flickr", "toy", 16, i2t, 0.5, seed) for seed, i2t in enumerate((0.24, 0.26, 0.28))]
+    R.write_map_table(runs, *paths)
+    _, body = _md_cells(paths[1].read_text())
+    assert body["toy"]["flickr i2t 16"] == "0.2600 ± 0.0200"  # ahead of chance by less than its std
 
 
 def test_collect_metrics_reads_files(tmp_path, metrics):
@@ -62,12 +99,13 @@ def test_map_table_csv(tmp_path, metrics):
     assert len(seed_rows) == len(MAPS) * 2  # measured rows only, one per seed
     assert len(rows) == 2 * len(seed_rows)  # and one aggregate row each (one seed here)
     keys = [(r["dataset"], r["method"], int(r["bits"]), r["task"]) for r in seed_rows]
-    assert keys == sorted(keys)
+    # datasets by name, EGATH's family first, then bits and tasks
+    assert keys == sorted(keys, key=lambda k: (k[0], k[1] != "egath", k[2], k[3]))
     expected = {(d, m, b, "i2t"): a for d, m, b, a, _ in MAPS}
     expected |= {(d, m, b, "t2i"): t for d, m, b, _, t in MAPS}
     for r, k in zip(seed_rows, keys):
         assert float(r["map"]) == pytest.approx(expected[k])
-        assert float(r["map_tie_aware"]) == pytest.approx(expected[k] - 0.01)
+        assert float(r["map_index_ties"]) == pytest.approx(expected[k] + 0.01)
         assert float(r["map_random_codes"]) == pytest.approx(0.25)
         assert (r["seed"], r["n_seeds"], r["map_kind"], r["n_query"], r["epoch_selection"]) == \
             ("0", "1", "mAP@all", "10", "last epoch")
@@ -183,7 +221,7 @@ def _history(method, seed, totals, validation=None):
     epochs = [{"epoch": e + 1, "lr": 1e-3, "seconds": 0.1, "total": t, "quantization": t / 2,
                **({"validation_map": validation[e]} if validation else {})}
               for e, t in enumerate(totals)]
-    return {"method": method, "dataset": "flickr", "bits": 16, "history": epochs,
+    return {"method": method, "model": method, "kind": "supervised", "dataset": "flickr", "bits": 16, "history": epochs,
             "protocol": {"training_seed": seed}}
 
 
@@ -208,7 +246,8 @@ def test_loss_curves_of_real_files_are_a_png_and_a_pdf(tmp_path):
     import torch
 
     for method, totals in (("egath", [3.0, 2.0]), ("dchmt", [1.0, 0.8])):
-        torch.save({**_history(method, 0, totals), "config": {"seed": 0}, "state_dict": {}},
+        torch.save({**_history(method, 0, totals), "config": {"seed": 0}, "state_dict": {},
+                    "method_spec": {"model": method, "text": "bow", "params": {}}},
                    tmp_path / f"{method}.pt")
     histories = [R.read_history(tmp_path / f"{m}.pt") for m in ("egath", "dchmt")]
     assert histories[0]["protocol"] == {"training_seed": 0} and "state_dict" not in histories[0]

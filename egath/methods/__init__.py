@@ -31,6 +31,8 @@ REGISTRY = {  # model name -> where its Method is defined
     "jdsh": "egath.methods.jdsh:METHOD",
     "djsrh": "egath.methods.djsrh:METHOD",
 }
+# EGATH and the paper's ablations: the tables and figures list them first
+EGATH_FAMILY = ("egath", "egath-g", "egath-t")
 TEXT_INPUTS = ("bow", "clip")
 
 
