@@ -3,8 +3,9 @@
 Ranking is by Hamming distance with ties broken by database index (the order a stable sort
 gives). A distance takes only bits + 1 values, so a query's whole ranking follows from
 per-distance counters kept during one pass in database order: the item that is the p-th
-seen at distance d has rank (number of items at distances below d) + p. `rank_statistics`
-feeds the metrics (egath.metrics), `hamming_topk` the search.
+seen at distance d has rank (number of items at distances below d) + p. `distance_histograms`
+(per-distance counts only: all the order-free metrics need) and `rank_statistics` (also the
+index-tie ranks) feed the metrics (egath.metrics), `hamming_topk` the search.
 
 Codes are bit-packed into uint64 words (`pack_codes`); database labels into one bitmap per
 class (`label_bitmaps`), so that a query's relevant items are the OR of the bitmaps of its
@@ -25,8 +26,8 @@ import numpy as np
 from numba import types
 from numba.extending import intrinsic
 
-__all__ = ["PackedCodes", "pack_codes", "label_bitmaps", "default_threads", "rank_statistics",
-           "hamming_topk"]
+__all__ = ["PackedCodes", "pack_codes", "label_bitmaps", "default_threads", "distance_histograms",
+           "rank_statistics", "hamming_topk"]
 
 # Rows packed at a time: bounds the temporary copies made while packing (a few MB).
 _PACK_ROWS = 1 << 16
@@ -169,6 +170,50 @@ _STREAMS = 4
 
 
 @_jit
+def _relevant_bitmap(q_labels, i, label_bits, relevant):
+    """relevant = bitmap of the database items sharing a label with query i."""
+    relevant[:] = 0
+    for c in range(q_labels.shape[1]):
+        if q_labels[i, c]:
+            for w in range(relevant.size):
+                relevant[w] |= label_bits[c, w]
+
+
+@_jit
+def _count_distances(dist, counts, total):
+    """total[d] = how many entries of dist equal d (four interleaved counters in `counts`)."""
+    counts[:] = 0
+    n = dist.size
+    last = n - n % _STREAMS
+    for j in range(0, last, _STREAMS):
+        counts[0, dist[j]] += 1
+        counts[1, dist[j + 1]] += 1
+        counts[2, dist[j + 2]] += 1
+        counts[3, dist[j + 3]] += 1
+    for j in range(last, n):
+        counts[0, dist[j]] += 1
+    for d in range(total.size):
+        total[d] = counts[0, d] + counts[1, d] + counts[2, d] + counts[3, d]
+
+
+@_jit
+def _histograms(q_words, q_labels, db_words, label_bits, start, stop, dist, hist_all, hist_rel):
+    counts = np.empty((_STREAMS, hist_all.shape[1]), np.int64)
+    relevant = np.empty(label_bits.shape[1], np.uint64)
+    one = np.uint64(1)
+    for i in range(start, stop):
+        _relevant_bitmap(q_labels, i, label_bits, relevant)
+        _distances(q_words, i, db_words, dist)
+        _count_distances(dist, counts, hist_all[i])
+        rel = hist_rel[i]
+        for w in range(relevant.size):
+            bits = relevant[w]
+            while bits:
+                rel[dist[(w << 6) + _lowest_bit(bits)]] += 1
+                bits &= bits - one
+
+
+@_jit
 def _rank_statistics(q_words, q_labels, db_words, label_bits, start, stop, cut, dist, pos,
                      hist_all, hist_rel, ap_sum, ap_count):
     n_db = db_words.shape[1]
@@ -188,11 +233,7 @@ def _rank_statistics(q_words, q_labels, db_words, label_bits, start, stop, cut, 
     p0, p1, p2, p3 = (pos[:stretch], pos[stretch:2 * stretch], pos[2 * stretch:3 * stretch],
                       pos[3 * stretch:n_db])
     for i in range(start, stop):
-        relevant[:] = 0
-        for c in range(q_labels.shape[1]):
-            if q_labels[i, c]:
-                for w in range(relevant.size):
-                    relevant[w] |= label_bits[c, w]
+        _relevant_bitmap(q_labels, i, label_bits, relevant)
         _distances(q_words, i, db_words, dist)
         # One pass in database order: pos[j] = how many items of j's stretch up to j lie at
         # j's distance.
@@ -261,6 +302,24 @@ def _rank_statistics(q_words, q_labels, db_words, label_bits, start, stop, cut, 
         ap_count[i] = n_counted
 
 
+def distance_histograms(query: PackedCodes, database: PackedCodes, query_labels: np.ndarray,
+                        database_label_bits: np.ndarray, *, threads: int | None = None) -> dict:
+    """Per query, the items and the relevant items at each Hamming distance: all that the
+    order-free metrics need, without ranking any item.
+
+    Arguments as for `rank_statistics`. Returns hist_all, hist_rel (n_query, bits + 1) int64.
+    Memory besides inputs and outputs: 1 byte per database item per thread (2 above 255 bits).
+    """
+    n_query, n_db = len(query), len(database)
+    q_labels = np.ascontiguousarray(np.asarray(query_labels) > 0)
+    out = {"hist_all": np.zeros((n_query, query.bits + 1), np.int64),
+           "hist_rel": np.zeros((n_query, query.bits + 1), np.int64)}
+    _over_query_ranges(n_query, threads, lambda start, stop: _histograms(
+        query.words, q_labels, database.words, database_label_bits, start, stop,
+        _distance_buffer(query.bits, n_db), out["hist_all"], out["hist_rel"]))
+    return out
+
+
 def rank_statistics(query: PackedCodes, database: PackedCodes, query_labels: np.ndarray,
                     database_label_bits: np.ndarray, *, cut: int,
                     threads: int | None = None) -> dict:
@@ -299,19 +358,11 @@ def _topk(q_words, db_words, start, stop, k, dist, indices, distances):
     n_db = db_words.shape[1]
     n_dist = 64 * db_words.shape[0] + 1
     counts = np.empty((_STREAMS, n_dist), np.int64)
+    count = np.empty(n_dist, np.int64)
     next_slot = np.empty(n_dist, np.int64)
-    last = n_db - n_db % _STREAMS
     for i in range(start, stop):
         _distances(q_words, i, db_words, dist)
-        counts[:] = 0
-        for j in range(0, last, _STREAMS):
-            counts[0, dist[j]] += 1
-            counts[1, dist[j + 1]] += 1
-            counts[2, dist[j + 2]] += 1
-            counts[3, dist[j + 3]] += 1
-        for j in range(last, n_db):
-            counts[0, dist[j]] += 1
-        count = counts.sum(axis=0)
+        _count_distances(dist, counts, count)
         # the first k ranks hold every item closer than `reach` and the first ones at it
         filled = 0
         reach = n_dist - 1

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from egath.hamming import label_bitmaps, pack_codes, rank_statistics
+from egath.hamming import distance_histograms, label_bitmaps, pack_codes, rank_statistics
 
 __all__ = [
     "DEFAULT_NS",
@@ -71,11 +71,18 @@ class _Problem:
         self.database_label_bits = label_bitmaps(dl, "database_labels")
 
 
-def _scan(problem: _Problem, *, top_k: int | None = None, threads: int | None = None) -> dict:
-    """Per-query statistics of the ranking (egath.hamming.rank_statistics), plus "n_relevant"."""
-    cut = problem.n_db if top_k is None else min(int(top_k), problem.n_db)
-    stats = rank_statistics(problem.query, problem.database, problem.query_labels,
-                            problem.database_label_bits, cut=cut, threads=threads)
+def _scan(problem: _Problem, *, index_ties: bool = False, top_k: int | None = None,
+          threads: int | None = None) -> dict:
+    """Per-query statistics of the ranking, plus "n_relevant": the per-distance counts
+    (egath.hamming.distance_histograms), and with `index_ties` the index-tie AP sums too
+    (egath.hamming.rank_statistics)."""
+    if not index_ties:
+        stats = distance_histograms(problem.query, problem.database, problem.query_labels,
+                                    problem.database_label_bits, threads=threads)
+    else:
+        cut = problem.n_db if top_k is None else min(int(top_k), problem.n_db)
+        stats = rank_statistics(problem.query, problem.database, problem.query_labels,
+                                problem.database_label_bits, cut=cut, threads=threads)
     stats["n_relevant"] = stats["hist_rel"].sum(axis=1)
     return stats
 
@@ -115,7 +122,7 @@ def index_tie_map(query_codes, database_codes, query_labels, database_labels,
     problem = _Problem(query_codes, database_codes, query_labels, database_labels)
     if top_k is not None and int(top_k) < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
-    return _mean_index_tie_ap(_scan(problem, top_k=top_k, threads=threads))
+    return _mean_index_tie_ap(_scan(problem, index_ties=True, top_k=top_k, threads=threads))
 
 
 def _mean_index_tie_ap(stats: dict) -> float:
@@ -264,7 +271,7 @@ def random_codes_map(query_labels, database_labels, bits: int, seed: int = 0, *,
 
 
 def _evaluate(problem: _Problem, ns, threads) -> dict:
-    stats = _scan(problem, threads=threads)
+    stats = _scan(problem, index_ties=True, threads=threads)
     pr = _pr_curve(stats, problem.bits)
     pan = _precision_at_n(stats, _valid_ns(ns, problem.n_db))
     return {

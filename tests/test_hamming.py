@@ -84,7 +84,7 @@ rng = np.random.default_rng(0)
 q, db = rng.integers(0, 2, (3, 16)), rng.integers(0, 2, (40, 16))
 labels = rng.integers(0, 2, (43, 3))
 H.hamming_topk(q, db, 5)
-M.mean_average_precision(q, db, labels[:3], labels[3:])
+M.index_tie_map(q, db, labels[:3], labels[3:])
 stats = H._rank_statistics.stats
 print(json.dumps({"cache": type(H._rank_statistics._cache).__name__,
                   "hits": sum(stats.cache_hits.values()), "misses": sum(stats.cache_misses.values())}))
