@@ -14,6 +14,7 @@ from pathlib import Path
 from egath.encoding import encode_dataset
 from egath.metrics import write_metrics
 from egath.training import train
+from egath.tuning import apply_tuning, read_tuning
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +26,18 @@ def reuse_path(model_path, seed: int) -> Path:
 
 def train_and_evaluate(pairs, features, graph, *, method: str, bits: int, seeds: list[int],
                        params: dict, spec: dict | None, models, codes, metrics, protocol: dict,
-                       device: str = "cpu", dataset: str = "", threads: int | None = None) -> list[dict]:
-    """Train `method` once per seed (models[i] for seeds[i]), then write codes[i] and metrics[i].
+                       device: str = "cpu", dataset: str = "", threads: int | None = None,
+                       tuning=None) -> list[dict]:
+    """Train `method` once per seed (models[i] for seeds[i]), then write codes[i] and metrics[i];
+    with `tuning` (a tuning.json, egath.tuning), with its best values over `params` and `spec`.
     Returns the metrics of every seed."""
     if not len(seeds) == len(models) == len(codes) == len(metrics):
         raise ValueError(f"{len(seeds)} seeds need as many model, codes and metrics paths, got "
                          f"{len(models)}, {len(codes)}, {len(metrics)}")
+    tuned = "not tuned"
+    if tuning is not None:
+        params, spec, tuned = apply_tuning(params, spec, read_tuning(tuning))
+        log.info("%s", tuned)
     results = []
     for seed, model_path, codes_path, metrics_path in zip(seeds, models, codes, metrics):
         log.info("seed %d: training", seed)
@@ -38,7 +45,7 @@ def train_and_evaluate(pairs, features, graph, *, method: str, bits: int, seeds:
                        device=device, dataset=dataset, spec=spec, reuse_path=reuse_path(model_path, seed))
         # encoding is a forward pass of small heads: the CPU does it, no GPU is held for it
         encode_dataset(model_path, pairs, features, codes_path, device="cpu")
-        seed_protocol = {**protocol, "training_seed": seed, **result.get("protocol", {})}
+        seed_protocol = {**protocol, "training_seed": seed, "tuning": tuned, **result.get("protocol", {})}
         results.append(write_metrics(codes_path, metrics_path, protocol=seed_protocol, threads=threads))
         tasks = results[-1]["tasks"]
         log.info("seed %d: mAP %s", seed, "  ".join(f"{task} {t['map']:.4f}" for task, t in tasks.items()))

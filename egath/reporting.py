@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from egath.io import atomic_output
 from egath.methods import EGATH_FAMILY
 
-__all__ = ["collect_metrics", "method_order", "write_map_table", "plot_pr_curves", "plot_precision_at_n",
+__all__ = ["collect_metrics", "method_order", "write_map_table", "write_tuning_table", "plot_pr_curves", "plot_precision_at_n",
            "read_history", "plot_loss_curves"]
 
 TASKS = ("i2t", "t2i")
@@ -29,7 +29,7 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 CSV_COLUMNS = ("dataset", "method", "bits", "task", "seed", "n_seeds", "map", "map_std", "map_index_ties",
                "map_random_codes")
 PROTOCOL_COLUMNS = ("n_query", "n_database", "n_train", "split_seed", "map_kind", "tie_rule",
-                    "epoch_selection", "code_update")
+                    "epoch_selection", "tuning", "code_update")
 CHANCE_ROW = "random codes"
 DAGGER = "†"
 
@@ -75,7 +75,8 @@ def _protocol(m) -> dict:
     return {"n_query": p.get("n_query", ""), "n_database": p.get("n_database", ""),
             "n_train": p.get("n_train", ""), "split_seed": p.get("split_seed", ""),
             "map_kind": p.get("map", "mAP@all"), "tie_rule": p.get("tie_rule", ""),
-            "epoch_selection": p.get("epoch_selection", ""), "code_update": p.get("code_update", "")}
+            "epoch_selection": p.get("epoch_selection", ""), "tuning": p.get("tuning", ""),
+            "code_update": p.get("code_update", "")}
 
 
 def _rows(metrics, order: list[str]) -> list[dict]:
@@ -204,6 +205,45 @@ def write_map_table(metrics, csv_path, md_path, tex_path, reference=None, html_p
     if html_path is not None:
         _write_text(html_path, _html(table, columns, notes, caption))
     return aggregate
+
+
+TUNING_COLUMNS = ("dataset", "method", "bits", "trials", "epochs", "n_validation", "untuned_validation_map",
+                  "tuned_validation_map", "best_trial", "tuned_values")
+
+
+def write_tuning_table(tunings, csv_path, md_path, html_path, listed=()) -> list[dict]:
+    """What each cell's tuning chose (tuning.json files, egath.tuning): the validation mAP of the
+    untuned settings (trial 0) and of the best trial, and the best trial's values. CSV, and
+    Markdown and HTML tables for the README and the report. Returns the rows."""
+    order = method_order([{"method": t["method"], "model": t.get("model", t["method"]),
+                           "kind": t.get("kind", "")} for t in tunings], listed)
+    rows = []
+    for t in sorted(tunings, key=lambda t: (t["dataset"], order.index(t["method"]), t["bits"])):
+        untuned = t["trials"][0]["validation_map"]
+        rows.append({"dataset": t["dataset"], "method": t["method"], "bits": t["bits"],
+                     **{k: t["budget"][k] for k in ("trials", "epochs", "n_validation")},
+                     "untuned_validation_map": "" if untuned is None else f"{untuned:.4f}",
+                     "tuned_validation_map": f"{t['best']['validation_map']:.4f}",
+                     "best_trial": t["best"]["trial"],
+                     "tuned_values": ", ".join(f"{k}={v:.3g}" for k, v in t["best"]["settings"].items())
+                     or "untuned settings kept"})
+    with atomic_output(csv_path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=TUNING_COLUMNS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+    shown = ("dataset", "method", "bits", "untuned_validation_map", "tuned_validation_map", "tuned_values")
+    heads = ("dataset", "method", "bits", "untuned", "tuned", "tuned values")
+    caption = ("Tuning: validation mAP (order-free, mean of i2t and t2i, on training pairs held out) of the "
+               "untuned settings and of the best trial, and the best trial's values")
+    md = [caption + ".", "", "| " + " | ".join(heads) + " |", "|---|---|---:|---:|---:|---|"]
+    md += ["| " + " | ".join(str(r[k]) for k in shown) + " |" for r in rows]
+    _write_text(md_path, "\n".join(md) + "\n")
+    esc = html.escape
+    body = "".join("<tr>" + "".join(f"<td>{esc(str(r[k]))}</td>" for k in shown) + "</tr>\n" for r in rows)
+    _write_text(html_path, f'<div class="egath-tuning-table">\n<p>{esc(caption)}.</p>\n<table>\n<thead><tr>'
+                + "".join(f"<th>{esc(h)}</th>" for h in heads) + f"</tr></thead>\n<tbody>\n{body}</tbody>\n</table>\n</div>\n")
+    return rows
 
 
 def _fmt(cell, plus_minus: str = "±") -> str:

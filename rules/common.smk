@@ -131,8 +131,29 @@ def get_method_file(wildcards):
 
 
 def get_method_spec(wildcards):
-    """Model and text input of a method; an empty entry means model = the method's name."""
-    return config["methods"][wildcards.method] or {}
+    """Model, text input, params and inputs of a method; an empty entry means model = the
+    method's name."""
+    spec = config["methods"][wildcards.method] or {}
+    return {key: value for key, value in spec.items() if key != "tune"}
+
+
+def is_tuned(method):
+    """A method is tuned where its entry says so, else where `tuning.enabled` does."""
+    return (config["methods"][method] or {}).get("tune", config["tuning"]["enabled"])
+
+
+def get_tuning(wildcards):
+    """The cell's tuning.json where the method is tuned: its training applies the best values."""
+    if not is_tuned(wildcards.method):
+        return []
+    return (
+        f"results/{wildcards.dataset}/{wildcards.method}/{wildcards.bits}/tuning.json"
+    )
+
+
+def get_tuning_budget(wildcards):
+    """The budget, the same for every method: changing it reruns every tuning job."""
+    return {key: value for key, value in config["tuning"].items() if key != "enabled"}
 
 
 def get_protocol(wildcards):
@@ -171,8 +192,23 @@ def get_reference_table():
     return [os.path.join(workflow.basedir, path)] if path else []
 
 
-def get_final_output():
+def get_tunings():
+    """tuning.json of every tuned cell."""
     return [
+        f"results/{dataset}/{method}/{bits}/tuning.json"
+        for dataset in DATASETS
+        for method in METHODS
+        for bits in BITS
+        if is_tuned(method)
+    ]
+
+
+def get_final_output():
+    tuned = any(is_tuned(method) for method in METHODS)
+    return [
+        *expand(
+            "results/tables/tuning.{ext}", ext=["csv", "md", "html"] if tuned else []
+        ),
         *expand("results/tables/map.{ext}", ext=["csv", "md", "tex", "html"]),
         *expand(
             "results/figures/{kind}_{dataset}_{bits}.{ext}",

@@ -29,6 +29,31 @@ rule tables:
         "../scripts/tables.py"
 
 
+rule tuning_table:
+    input:
+        tunings=get_tunings(),
+    output:
+        csv="results/tables/tuning.csv",
+        md="results/tables/tuning.md",
+        html=report(
+            "results/tables/tuning.html",
+            caption="../report/tuning_table.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/tuning_table.log",
+    conda:
+        "../envs/egath.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        methods=METHODS,
+    script:
+        "../scripts/tuning_table.py"
+
+
 rule figures:
     input:
         metrics=lambda wildcards: get_metrics(

@@ -6,6 +6,7 @@ rule train:
         features=get_features,
         graph=rules.build_graph.output.graph,
         method_file=get_method_file,
+        tuning=get_tuning,
     output:
         models=expand(
             "results/{{dataset}}/{{method}}/{{bits}}/seed{seed}/model.pt", seed=SEEDS

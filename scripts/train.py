@@ -24,4 +24,5 @@ train_and_evaluate(
     device=select_device(snakemake.params.device, gpu_slots=snakemake.params.gpu_slots),
     dataset=snakemake.wildcards.dataset,
     threads=snakemake.threads,
+    tuning=snakemake.input.tuning or None,
 )

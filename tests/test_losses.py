@@ -340,3 +340,63 @@ def test_penalty_code_update_pulls_towards_decorrelated_codes():
     assert new.gamma == state.gamma
     with pytest.raises(ValueError, match="code_update"):
         L.update_codes(state, labels, torch.zeros(12, 4), torch.zeros(12, 4), 1.0, 0.5, 1.05, variant="admm")
+
+
+def data_term(state, labels, h_i, h_t, lam, mu):
+    """M = L R + mu (H_I + H_T), R = (L^T L + lam I)^-1 L^T B, in float64 numpy."""
+    Lm = labels.double().numpy()
+    R = np.linalg.inv(Lm.T @ Lm + lam * np.eye(Lm.shape[1])) @ Lm.T @ state.codes.double().numpy()
+    return Lm @ R + mu * (h_i.double().numpy() + h_t.double().numpy())
+
+
+@pytest.mark.parametrize("variant, pull", [("relative", 0.5), ("relative", 1.5), ("penalty", None)])
+def test_bounded_updates_by_hand_and_their_pull_decides_bits(variant, pull):
+    # B = sign(M + w C), w = pull rms(M) (relative) or gamma (penalty), with M from both modalities'
+    # outputs; gamma and pull are large enough here that C decides some bits
+    state, labels, h_i, h_t = make_state(n=16, bits=6, c=3, seed=4, gamma=0.8)
+    state = L.CodeState(state.codes, L.orthonormal_projection(state.codes) * 4.0, torch.zeros(16, 6), 0.8)
+    new = L.update_codes(state, labels, h_i, h_t, lam=1.0, mu=0.5, rho=1.05, variant=variant, pull=pull or 0.5)
+    m = data_term(state, labels, h_i, h_t, 1.0, 0.5)
+    weight = pull * np.sqrt((m ** 2).mean()) if variant == "relative" else 0.8
+    want = np.where(m + weight * state.auxiliary.double().numpy() >= 0, 1.0, -1.0)
+    np.testing.assert_array_equal(new.codes.numpy(), want)
+    assert (np.where(m >= 0, 1.0, -1.0) != want).any()  # the C term changed B
+    # C = sqrt(N) proj(B), on B's scale; no multiplier, gamma fixed
+    torch.testing.assert_close(new.auxiliary, L.orthonormal_projection(new.codes) * 4.0)
+    assert torch.equal(new.multiplier, torch.zeros(16, 6)) and new.gamma == 0.8
+
+
+def test_relative_update_settles_and_gives_balanced_decorrelated_codes():
+    multiplier_rms, flips = run_code_updates("relative")
+    assert max(multiplier_rms) == 0 and sum(flips[-250:]) == 0  # a fixed point, bounded
+    # with outputs that agree on every sample (all bits alike), the pull towards C spreads the bits
+    g = torch.Generator().manual_seed(2)
+    n, bits = 64, 8
+    labels = torch.zeros(n, 4)
+    labels[torch.arange(n), torch.randint(4, (n,), generator=g)] = 1
+    h = torch.tanh(torch.randn(n, 1, generator=g).expand(n, bits) + 0.1 * torch.randn(n, bits, generator=g))
+
+    def settled(pull):
+        state = L.CodeState.initial(n, bits, 0.01, torch.Generator().manual_seed(0))
+        for _ in range(30):
+            state = L.update_codes(state, labels, h, h, 1.0, 0.5, 1.05, variant="relative", pull=pull)
+        correlation = torch.corrcoef(state.codes.T).nan_to_num(1.0)
+        return float(correlation[~torch.eye(bits, dtype=torch.bool)].abs().mean())
+
+    assert settled(1.0) < 0.5 * settled(0.0)
+
+
+def test_end_of_epoch_update_reads_both_modalities():
+    from egath.training import TrainConfig
+
+    state, labels, h_i, h_t = make_state(n=16, bits=6, c=3, seed=5)
+    for variant in ("relative", "penalty", "gcdh"):
+        cfg = TrainConfig(code_update=variant, code_gamma=0.3)
+        objective = L.EgathObjective(cfg, labels, 6)
+        objective.state = state
+        objective.end_epoch(h_i, h_t)
+        want = L.update_codes(state, labels, h_i, h_t, cfg.code_lambda, cfg.code_mu, cfg.code_rho, variant,
+                              cfg.code_pull)
+        assert torch.equal(objective.state.codes, want.codes)
+        assert not torch.equal(want.codes, L.update_codes(state, labels, h_i, h_i, cfg.code_lambda, cfg.code_mu,
+                                                          cfg.code_rho, variant, cfg.code_pull).codes)

@@ -94,14 +94,6 @@ def test_loss_reads_no_labels():
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_centred_features_subtract_the_training_mean():
-    data = training.TrainingData(features(6, 3, 0) + 5, features(6, 4, 1) + 2, torch.zeros(6, 2))
-    assert djsrh.affinity_features(data, centre=False) == (data.image, data.text)
-    image, text = djsrh.affinity_features(data, centre=True)
-    torch.testing.assert_close(image, data.image - data.image.mean(0))
-    torch.testing.assert_close(text.mean(0), torch.zeros(4, dtype=text.dtype))
-
-
 # --------------------------------------------------------------------------- model, sharpness, optimisers
 
 def model_for(method, feature_dim=16, image_dim=10, text_dim=7):

@@ -310,7 +310,7 @@ def test_validation_selection_keeps_the_best_epoch(data_files, tmp_path):
 
 @pytest.mark.parametrize("params, message", [
     ({"selection": "validation"}, "n_validation"),
-    ({"n_validation": 5}, "n_validation"),
+    ({"average_window": 0}, "average_window"),
     ({"selection": "best_test"}, "selection"),
     ({"selection": "validation", "n_validation": N_TRAIN}, "n_validation"),
 ])
@@ -527,3 +527,77 @@ def test_an_unreadable_kept_model_is_ignored_and_the_seed_trained(data_files, re
         again = run_train(data_files, tmp_path / "again.pt", reuse_path=kept)
     assert "reusing" in caplog.text
     assert_same_state(result["state_dict"], again["state_dict"])
+
+
+# --------------------------------------------------------------------------- selection by weight averaging
+
+def test_average_selection_keeps_the_mean_of_the_last_epochs_weights(data_files, tmp_path, monkeypatch):
+    # record the weights after each epoch, then compare the kept model with their mean
+    snapshots = []
+    real = training.train_epoch
+
+    def recording(run, state, outputs):
+        record = real(run, state, outputs)
+        snapshots.append({k: v.detach().clone() for k, v in state.model.state_dict().items()})
+        return record
+
+    monkeypatch.setattr(training, "train_epoch", recording)
+    params = {**PARAMS, "epochs": 5, "selection": "average", "average_window": 0.4}
+    result = run_train(data_files, tmp_path / "model.pt", params=params)
+    assert len(snapshots) == 5 and result["epoch_selection"] == "weights averaged over the last 2 epochs (4-5)"
+    for key, value in result["state_dict"].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, (snapshots[3][key] + snapshots[4][key]) / 2)
+    last = {**PARAMS, "epochs": 5, "selection": "last"}
+    assert_same_state(run_train(data_files, tmp_path / "last.pt", params=last)["state_dict"], snapshots[-1])
+
+
+def test_average_selection_recomputes_batch_norm_statistics_for_the_kept_weights(separable_files, tmp_path):
+    # GCDH's text network has BatchNorm: its running statistics must be those of the averaged weights
+    files = (separable_files["pairs"], separable_files["features"], separable_files["graph"])
+    run = training.prepare_run(*files, "gcdh", separable.BITS,
+                               {"epochs": 3, "batch_size": 16, "feature_dim": 16, "gat_hidden": 8})
+    state = training.start_training(run)
+    training.run_epochs(run, state)
+    training.select_weights(run, state)
+    norm = state.model.text_net[1]
+    with torch.no_grad():  # one pass in order, batch by batch: the mean of the batches' statistics
+        batches = [state.model.text_net[0](x) for x in run.data.text.split(16)]
+    torch.testing.assert_close(norm.running_mean, torch.stack([b.mean(0) for b in batches]).mean(0))
+    torch.testing.assert_close(norm.running_var, torch.stack([b.var(0) for b in batches]).mean(0))
+
+
+def test_held_out_pairs_give_a_validation_curve_under_every_selection(data_files, tmp_path):
+    result = run_train(data_files, tmp_path / "model.pt", params={**PARAMS, "epochs": 3, "n_validation": 8})
+    assert result["config"]["selection"] == "average"
+    assert [0 <= h["validation_map"] <= 1 for h in result["history"]] == [True] * 3
+
+
+# --------------------------------------------------------------------------- the classification term's reach
+
+def shared_gradients(model, classification_weight, reduction="mean"):
+    torch.manual_seed(1)
+    image, text = torch.randn(6, 6), torch.rand(6, 5)
+    labels = torch.tensor([[1, 0, 0, 1, 0], [0, 1, 0, 0, 0], [1, 0, 1, 0, 0],
+                           [0, 0, 0, 1, 1], [1, 1, 0, 0, 0], [0, 0, 1, 0, 1]], dtype=torch.float32)
+    codes = binarize(torch.randn(6, 8))
+    model.zero_grad()
+    terms = egath_method.egath_loss(model(image, text), labels, codes, 0.4, 10.0, 1.0, classification_weight,
+                                    reduction=reduction)
+    terms["total"].backward()
+    return [p.grad.clone() for p in [*model.image_encoder.parameters(), *model.text_encoder.parameters()]]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_the_classification_term_reaches_the_shared_layers_only_with_a_weight(reduction):
+    model = small_model().train()
+    without = shared_gradients(model, 0.0, reduction)
+    with_bce = shared_gradients(model, 1.0, reduction)
+    # with weight 0 the gradients are those of a model without the classifier's scores
+    model_g = small_model(use_gat=False).train()
+    model_g.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("classifier")})
+    for a, b in zip(without, shared_gradients(model_g, 1.0, reduction)):
+        torch.testing.assert_close(a, b)
+    changed = max(float((a - b).norm() / b.norm()) for a, b in zip(with_bce, without) if b.norm() > 0)
+    # per-sample terms give the BCE a share that shows; GCDH's sums leave it a sliver
+    assert changed > (0.01 if reduction == "mean" else 0.0)

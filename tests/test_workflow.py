@@ -113,7 +113,7 @@ def test_table_has_one_row_per_run_and_matches_the_codes(demo_run):
         assert metrics["tasks"][row["task"]]["map"] == pytest.approx(float(row["map"]), abs=1e-6)
         assert metrics["protocol"]["n_query"] == 20
         assert metrics["protocol"]["training_seed"] == int(row["seed"])
-        assert metrics["protocol"]["code_update"] == "penalty"
+        assert metrics["protocol"]["code_update"] == "relative"
 
 
 def test_stages_write_what_the_next_stage_reads(demo_run):
@@ -204,6 +204,7 @@ def test_default_config_plans_the_paper_grid_offline(tmp_path):
     result = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config.yaml"))
     jobs = planned_jobs(result)
     assert jobs["train"] == 3 * 12 * 3 and jobs["download_dataset"] == 3 and jobs["extract_features"] == 3
+    assert jobs["tune"] == jobs["train"] and jobs["tuning_table"] == 1  # every cell tuned, by default
     # weights and GloVe vectors are fetched once, by local rules, for all datasets
     assert jobs["fetch_clip_weights"] == 1 and jobs["download_glove"] == 1
 

@@ -5,6 +5,11 @@ so even a randomly initialised image encoder sees some of the label signal. Each
 bag of tags: the kinds' names or synonyms, sometimes their colours, noise words, and with some
 probability an object's tag is missing, as with real Flickr tags. Kinds come in companion
 pairs that tend to share an image, so labels co-occur as they do in real data.
+
+With companions that nearly always appear together and tags that are often missing
+(`companion_probability`, `missing_tag_probability`; configs/demo-graph.yaml), a kind whose tag
+is missing is still told by its companion's: label co-occurrence then carries what the text
+does not, the case a label graph can help with.
 """
 from __future__ import annotations
 
@@ -75,7 +80,8 @@ def _draw_object(draw: ImageDraw.ImageDraw, kind: str, cx: float, cy: float, r: 
         raise ValueError(f"unknown object kind {kind!r}")
 
 
-def make_sample(rng: np.random.Generator, image_size: int) -> tuple[Image.Image, str, list[str]]:
+def make_sample(rng: np.random.Generator, image_size: int, companion_probability: float = COMPANION_PROBABILITY,
+                missing_tag_probability: float = MISSING_TAG_PROBABILITY) -> tuple[Image.Image, str, list[str]]:
     """Draw one image and its tags; returns (image, text, label names)."""
     kinds, colours = list(KINDS), list(COLOURS)
     background = tuple(int(v) for v in rng.integers(0, 70, size=3))
@@ -85,7 +91,7 @@ def make_sample(rng: np.random.Generator, image_size: int) -> tuple[Image.Image,
     chosen = [int(rng.integers(len(kinds)))]
     for _ in range(n_objects - 1):
         companion = kinds.index(COMPANIONS[kinds[chosen[0]]])
-        chosen.append(companion if rng.random() < COMPANION_PROBABILITY else int(rng.integers(len(kinds))))
+        chosen.append(companion if rng.random() < companion_probability else int(rng.integers(len(kinds))))
     tags: list[str] = []
     for k in chosen:
         kind = kinds[k]
@@ -94,7 +100,7 @@ def make_sample(rng: np.random.Generator, image_size: int) -> tuple[Image.Image,
         r = image_size * rng.uniform(0.12, 0.25)
         cx, cy = rng.uniform(r, image_size - r, size=2)
         _draw_object(draw, kind, cx, cy, r, COLOURS[colour], rng.uniform(0, math.pi))
-        if rng.random() >= MISSING_TAG_PROBABILITY:
+        if rng.random() >= missing_tag_probability:
             synonyms = KINDS[kind]
             tags.append(synonyms[rng.integers(len(synonyms))])
         if rng.random() < COLOUR_TAG_PROBABILITY:
@@ -105,14 +111,18 @@ def make_sample(rng: np.random.Generator, image_size: int) -> tuple[Image.Image,
     return image, " ".join(tags), labels
 
 
-def make_synthetic_dataset(out_dir: str | Path, n_pairs: int = 2000, seed: int = 0,
-                           image_size: int = 64) -> Path:
+def make_synthetic_dataset(out_dir: str | Path, n_pairs: int = 2000, seed: int = 0, image_size: int = 64,
+                           companion_probability: float = COMPANION_PROBABILITY,
+                           missing_tag_probability: float = MISSING_TAG_PROBABILITY) -> Path:
     """Write `images/`, `manifest.tsv` and `labels.txt` under `out_dir`; returns the manifest path.
 
-    The same seed gives byte-identical files.
+    The same seed and settings give byte-identical files.
     """
     if n_pairs < 1:
         raise ValueError(f"n_pairs must be positive, got {n_pairs}")
+    for name, p in (("companion_probability", companion_probability), ("missing_tag_probability", missing_tag_probability)):
+        if not 0 <= p <= 1:
+            raise ValueError(f"{name} must be in [0, 1], got {p}")
     out_dir = Path(out_dir)
     images = out_dir / "images"
     if images.exists():
@@ -121,7 +131,7 @@ def make_synthetic_dataset(out_dir: str | Path, n_pairs: int = 2000, seed: int =
     rng = np.random.default_rng(seed)
     rows = ["id\timage\ttext\tlabels"]
     for i in range(n_pairs):
-        image, text, labels = make_sample(rng, image_size)
+        image, text, labels = make_sample(rng, image_size, companion_probability, missing_tag_probability)
         name = f"images/{i:06d}.png"
         image.save(out_dir / name)
         rows.append(f"s{i:06d}\t{name}\t{text}\t{','.join(labels)}")

@@ -88,6 +88,7 @@ class MethodSpec:
     model: str = "egath"  # a name in REGISTRY, or a user's method file or module
     text: str = "bow"  # bow: the paper's bag-of-words; clip: cached CLIP text features
     params: dict = field(default_factory=dict)  # overrides of the method's own hyper-parameters
+    inputs: dict = field(default_factory=dict)  # overrides of its input form (egath.inputs)
 
     def __post_init__(self):
         check_model(self.model)
@@ -109,5 +110,9 @@ class MethodSpec:
 
 
 def model_from_checkpoint(ckpt: dict):
-    """Rebuild any trained model from its model.pt alone."""
-    return load_method(ckpt["method_spec"]["model"]).from_checkpoint(ckpt)
+    """Rebuild any trained model from its model.pt alone; it reads the cached features as they
+    are (its input transform, if any, in front of it)."""
+    from egath.inputs import InputTransform
+
+    model = load_method(ckpt["method_spec"]["model"]).from_checkpoint(ckpt)
+    return InputTransform.from_state(ckpt["input_transform"]).wrap(model)

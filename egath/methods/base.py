@@ -30,6 +30,8 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from egath.inputs import InputForm
+
 TEXT_INPUTS = ("bow", "clip")  # the paper's bag-of-words, or the cached CLIP text features
 
 
@@ -75,6 +77,20 @@ def trainable(model: nn.Module) -> list[nn.Parameter]:
 
 
 @dataclass(frozen=True)
+class Range:
+    """One dimension of a method's tuning space: values from low to high, log-uniform by default."""
+    low: float
+    high: float
+    log: bool = True
+    integer: bool = False
+
+    def value(self, u: float) -> float | int:
+        """The value at u in [0, 1) of the range."""
+        x = (self.low * (self.high / self.low) ** u) if self.log else self.low + u * (self.high - self.low)
+        return int(round(x)) if self.integer else float(x)
+
+
+@dataclass(frozen=True)
 class Method:
     name: str  # the model name in config (`methods.<name>.model`)
     kind: str  # "supervised" or "unsupervised"
@@ -87,6 +103,9 @@ class Method:
     lr_scale: Callable[..., float] = exponential_decay  # (cfg, params, progress in epochs) -> factor
     training_defaults: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig values of its authors
     text_inputs: tuple[str, ...] = TEXT_INPUTS
+    inputs: InputForm = InputForm()  # the form of its authors' inputs (egath.inputs)
+    # what egath.tuning searches: TrainConfig fields or fields of `params`, each over a Range
+    tuning_space: Mapping[str, Range] = field(default_factory=dict)
 
     def make_params(self, overrides: Mapping[str, Any] | None):
         known = set(self.params.__dataclass_fields__)

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from egath.methods.base import (HeadConfig, Method, Rebuildable, StatelessObjective, bert_adam, label_similarity,
-                                trunk, warmup_cosine)
+from egath.methods.base import (HeadConfig, Method, Range, Rebuildable, StatelessObjective, bert_adam,
+                                label_similarity, trunk, warmup_cosine)
 
 DCHMT_VARTHETA = 0.5  # rate of error code: negatives are pushed to ~vartheta*K differing bits (DCHMT repo default)
 DCHMT_QUANTIZATION_WEIGHT = 1e-3  # quan_alpha of the author's later toolkit; the paper's select layer has none
@@ -126,4 +126,5 @@ METHOD = Method(
     build=lambda bits, cfg, params, data, graph: DCHMT.build(bits, cfg, params, data),
     from_checkpoint=DCHMT.from_checkpoint, params=DchmtParams, optimizers=optimizers, lr_scale=warmup_cosine,
     # utils/get_args.py: --lr 0.001, --weight-decay 0.2, --batch-size 64
-    training_defaults={"lr": 1e-3, "weight_decay": 0.2, "batch_size": 64})
+    training_defaults={"lr": 1e-3, "weight_decay": 0.2, "batch_size": 64},
+    tuning_space={"lr": Range(1e-4, 1e-2), "quantization_weight": Range(1e-4, 1e-1)})

@@ -11,9 +11,10 @@ replace their rows of F or G as they are computed; B = sign(F + G) after both pa
 
 On our frozen cached features: a trunk (egath.methods.base.trunk, width feature_dim) stands in
 for the CNN-F the authors fine-tune, followed by their fc8 hash layer; the text network is
-theirs, a two-layer MLP. Both inputs are centred on their training means, as the authors feed
-mean-free images and tags. The outputs carry no tanh (as theirs); h = tanh(output) is what the
-interface shows, with the same sign.
+theirs, a two-layer MLP. Its inputs are standardised (egath.inputs, METHOD.inputs): the authors
+feed mean-free images to a CNN-F whose fc7 activations have norms in the tens, and mean-free
+tags. The outputs carry no tanh (as theirs); h = tanh(output) is what the interface shows, with
+the same sign.
 Differences from the authors' code: docs/methods.md.
 """
 from __future__ import annotations
@@ -25,7 +26,8 @@ import torch
 from torch import nn
 from torch.nn.functional import softplus
 
-from egath.methods.base import Method, Objective, Rebuildable, binarize, label_similarity, trunk
+from egath.inputs import InputForm
+from egath.methods.base import Method, Objective, Range, Rebuildable, binarize, label_similarity, trunk
 
 INIT_STD = 0.01  # net_structure_txt.m, net_structure_img.m: weights and biases 0.01 * randn
 
@@ -57,24 +59,18 @@ def normal_linear(in_dim: int, out_dim: int) -> nn.Linear:
 class DCMH(Rebuildable):
     config_class = DcmhConfig
 
-    def __init__(self, cfg: DcmhConfig, image_mean: torch.Tensor | None = None,
-                 text_mean: torch.Tensor | None = None):
+    def __init__(self, cfg: DcmhConfig):
         super().__init__()
         self.cfg = cfg
         # trunk for CNN-F up to relu7, then fc8 (4096 -> K)
         self.image_net = nn.Sequential(trunk(cfg.image_dim, cfg), normal_linear(cfg.hidden_dim, cfg.bits))
         self.text_net = nn.Sequential(normal_linear(cfg.text_dim, cfg.text_hidden), nn.ReLU(),
                                       normal_linear(cfg.text_hidden, cfg.bits))
-        # the authors feed mean-free inputs (the average image subtracted, normZeroMean of the tags):
-        # here each cached input minus its training-set mean
-        self.register_buffer("image_mean", torch.zeros(cfg.image_dim) if image_mean is None else image_mean)
-        self.register_buffer("text_mean", torch.zeros(cfg.text_dim) if text_mean is None else text_mean)
-
     def image_output(self, x: torch.Tensor) -> torch.Tensor:
-        return self.image_net(x - self.image_mean)  # F rows (B, K), real-valued
+        return self.image_net(x)  # F rows (B, K), real-valued
 
     def text_output(self, x: torch.Tensor) -> torch.Tensor:
-        return self.text_net(x - self.text_mean)  # G rows (B, K)
+        return self.text_net(x)  # G rows (B, K)
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.image_output(x))  # the sign is the code; tanh keeps h in (-1, 1)
@@ -148,8 +144,7 @@ class DcmhObjective(Objective):
 def build(bits: int, cfg, params: DcmhParams, data, graph):
     model_cfg = DcmhConfig(image_dim=data.image.shape[1], text_dim=data.text.shape[1], bits=bits,
                            hidden_dim=cfg.feature_dim, text_hidden=params.text_hidden, dropout=cfg.dropout)
-    model = DCMH(model_cfg, image_mean=data.image.mean(0).cpu(), text_mean=data.text.mean(0).cpu())
-    return model, DcmhObjective(data.labels, bits, params, cfg.batch_size, cfg.seed)
+    return DCMH(model_cfg), DcmhObjective(data.labels, bits, params, cfg.batch_size, cfg.seed)
 
 
 def optimizers(model: DCMH, cfg, params) -> list[torch.optim.Optimizer]:
@@ -171,9 +166,13 @@ METHOD = Method(
             "+ gamma ||B - F||^2, ||B - G||^2 + eta bit balance; alternating image and text passes, B = sign(F + G)",
     build=build, from_checkpoint=DCMH.from_checkpoint, params=DcmhParams, optimizers=optimizers,
     lr_scale=logspace_schedule,
+    # CNN-F fc7 activations (norms in the tens) and mean-free tags: standardised CLIP features and
+    # bag-of-words give its 0.01 init, learning rates and 1 / (batch N) normaliser inputs of that size
+    inputs=InputForm(image="standardise", text="standardise"),
     training_defaults={
         "lr": 10 ** -1.5, "lr_min": 1e-3,  # DCMH_demo.m: logspace(-1.5, -3, maxIter)
         "weight_decay": 5e-4,  # update_net.m
         "batch_size": 128,  # DCMH_demo.m
         "feature_dim": 4096, "dropout": 0.0,  # CNN-F's fc7 width, which fc8 reads
-    })
+    },
+    tuning_space={"lr": Range(10 ** -2.5, 10 ** -0.5), "gamma": Range(0.1, 10.0)})

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from egath.methods.base import Method, Objective, Rebuildable, constant_lr, trunk
+from egath.methods.base import Method, Objective, Range, Rebuildable, constant_lr, trunk
 
 
 @dataclass(frozen=True)
@@ -31,8 +31,6 @@ class DjsrhParams:
     lambda2: float = 0.1  # LAMBDA2: weight of the text-text reconstruction
     text_lr_ratio: float = 10.0  # LR_TXT / LR_IMG = 0.01 / 0.001: the text net's lr is lr * this
     momentum: float = 0.9  # MOMENTUM of both SGD optimisers
-    # Not the authors': subtract the training set's mean feature before the cosines (affinity_features)
-    centre_features: bool = False
 
 
 # --------------------------------------------------------------------------- networks
@@ -117,18 +115,6 @@ def djsrh_loss(h_image: torch.Tensor, h_text: torch.Tensor, s: torch.Tensor, lam
     return terms
 
 
-def affinity_features(data, centre: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The image and text features the affinities are computed from: the inputs as they are (the
-    authors'), or minus the training set's mean of each modality. The authors' features are
-    non-negative (ReLU fc7, bag-of-words), so their cosines span [0, 1] and 2 cos - 1 spans
-    [-1, 1]; CLIP embeddings can share a large common component (the demo's randomly initialised tiny
-    CLIP: cosines of 0.98 on average between its images), which makes S almost constant, and
-    one code for every sample then reconstructs it best."""
-    if not centre:
-        return data.image, data.text
-    return data.image - data.image.mean(0), data.text - data.text.mean(0)
-
-
 class AffinityReconstruction(Objective):
     """DJSRH's and JDSH's training: a target S from the batch's frozen features (never the labels),
     reconstructed by the codes; the networks' tanh sharpness is sqrt(epoch + 1) during epoch
@@ -187,7 +173,7 @@ def sgd_per_network(model: DJSRH, cfg, params) -> list[torch.optim.Optimizer]:
 
 def build(bits: int, cfg, params: DjsrhParams, data, graph):
     model = DJSRH.for_data(bits, cfg, data, image_trunk=True)
-    return model, DjsrhObjective(model, affinity_features(data, params.centre_features), params)
+    return model, DjsrhObjective(model, (data.image, data.text), params)
 
 
 METHOD = Method(
@@ -199,4 +185,5 @@ METHOD = Method(
     # settings.py (MIRFlickr): LR_IMG, WEIGHT_DECAY, BATCH_SIZE; models.py: 4096-wide fc7 and
     # TxtNet; AlexNet's classifier dropout 0.5 for the trunk that stands in for it
     training_defaults={"lr": 1e-3, "weight_decay": 5e-4, "batch_size": 32, "feature_dim": 4096,
-                       "dropout": 0.5})
+                       "dropout": 0.5},
+    tuning_space={"lr": Range(1e-4, 1e-2), "lambda1": Range(0.01, 1.0)})

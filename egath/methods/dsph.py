@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from egath.methods.base import (HeadConfig, Method, Rebuildable, StatelessObjective, bert_adam, label_similarity,
-                                trunk, warmup_cosine)
+from egath.methods.base import (HeadConfig, Method, Range, Rebuildable, StatelessObjective, bert_adam,
+                                label_similarity, trunk, warmup_cosine)
 
 DSPH_ALPHA = 0.8  # weight of the irrelevant-pair regularisation (DSPH repo default)
 DSPH_HASH_DROPOUT = 0.2  # dropout before tanh in DSPH's hash layer
@@ -148,4 +148,5 @@ METHOD = Method(
     build=lambda bits, cfg, params, data, graph: DSPH.build(bits, cfg, params, data),
     from_checkpoint=DSPH.from_checkpoint, params=DsphParams, optimizers=optimizers, lr_scale=warmup_cosine,
     # utils/get_args.py: --lr 0.001, --weight-decay 0.2, --batch-size 64
-    training_defaults={"lr": 1e-3, "weight_decay": 0.2, "batch_size": 64})
+    training_defaults={"lr": 1e-3, "weight_decay": 0.2, "batch_size": 64},
+    tuning_space={"lr": Range(1e-4, 1e-2), "alpha": Range(0.1, 3.0)})

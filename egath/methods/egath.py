@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import GATConv
 
-from egath.methods.base import Method, Objective, binarize
+from egath.methods.base import Method, Objective, Range, binarize
 
 
 # --------------------------------------------------------------------------- model
@@ -123,36 +123,56 @@ def ndcg_weights(similarity: torch.Tensor) -> torch.Tensor:
     return gains / z.clamp_min(1e-12)
 
 
+LOSS_REDUCTIONS = ("mean", "sum")  # TrainConfig.loss_reduction
+
+
 def weighted_triplet_loss(anchor: torch.Tensor, target: torch.Tensor, anchor_labels: torch.Tensor,
-                          target_labels: torch.Tensor, margin: float) -> torch.Tensor:
-    """sum over triplets (i, j, k), j relevant to i and k not, of
-    w_ij * max(0, d_ij - d_ik + margin), d = 1 - cos (paper's cosine triplet, GCDH's weights)."""
+                          target_labels: torch.Tensor, margin: float, reduction: str = "sum") -> torch.Tensor:
+    """Over triplets (i, j, k), j relevant to i and k not, of w_ij * max(0, d_ij - d_ik + margin),
+    d = 1 - cos (paper's cosine triplet, GCDH's weights):
+    sum   the sum over all triplets (GCDH);
+    mean  per anchor, sum_j w_ij * (mean over its k), averaged over the anchors: the size of one
+          anchor's hinge, whatever the batch size (w_ij, NDCG gains over the ideal DCG, are
+          normalised per anchor already)."""
     distance = (1 - F.cosine_similarity(anchor.unsqueeze(1), target.unsqueeze(0), dim=-1)).clamp_min(0)  # (B, M)
     similarity = anchor_labels.float() @ target_labels.float().T  # (B, M)
     weight = ndcg_weights(similarity)  # 0 where j is not relevant to i (gain 2^0 - 1)
     irrelevant = (similarity == 0).to(distance.dtype)  # (B, M): k not relevant to i
     hinge = F.relu(distance.unsqueeze(2) - distance.unsqueeze(1) + margin)  # (B, M, M): [i, j, k]
     # one (B, M, M) product instead of four: the weight masks j, the irrelevance k
-    return ((hinge * irrelevant.unsqueeze(1)).sum(2) * weight).sum()
+    per_anchor_j = (hinge * irrelevant.unsqueeze(1)).sum(2)  # (B, M): summed over k
+    if reduction == "sum":
+        return (per_anchor_j * weight).sum()
+    n_irrelevant = irrelevant.sum(1, keepdim=True).clamp_min(1)  # (B, 1)
+    return (per_anchor_j / n_irrelevant * weight).sum(1).mean()
 
 
-def quantization_loss(h: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """||B - h||^2 over the batch (sum, as GCDH)."""
-    return (codes - h).pow(2).sum()
+def quantization_loss(h: torch.Tensor, codes: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """||B - h||^2 over the batch (sum, as GCDH), or its mean per sample and bit (mean)."""
+    squared = (codes - h).pow(2)
+    return squared.sum() if reduction == "sum" else squared.mean()
 
 
 def egath_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, codes: torch.Tensor,
                margin: float, triplet_weight: float, quantization_weight: float,
-               classification_weight: float, use_triplet: bool = True) -> dict[str, torch.Tensor]:
+               classification_weight: float, use_triplet: bool = True,
+               reduction: str = "sum") -> dict[str, torch.Tensor]:
     """Named loss terms and their weighted total:
-    alpha (tri_I + tri_T) + beta (||B - h_I||^2 + ||B - h_T||^2) + eta BCE(S, L)."""
+    alpha (tri_I + tri_T) + beta (||B - h_I||^2 + ||B - h_T||^2) + eta BCE(S, L).
+
+    `reduction` sum: GCDH's, sums over triplets and over the batch's codes, the BCE a mean, so
+    the BCE's share of the objective shrinks with the batch and the code length (about 1e-6 at
+    batch 64); mean: every term per sample (per anchor, per sample and bit, per sample and
+    label), so that the weights mean the same at any batch size and code length."""
+    if reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"loss_reduction must be one of {LOSS_REDUCTIONS}, got {reduction!r}")
     h_i, h_t = out["h_image"], out["h_text"]
     terms = {}
     if use_triplet:
         # four pairings: I->T, I->I (image anchors) and T->I, T->T (text anchors)
-        terms["triplet"] = sum(weighted_triplet_loss(a, t, labels, labels, margin)
+        terms["triplet"] = sum(weighted_triplet_loss(a, t, labels, labels, margin, reduction)
                                for a, t in ((h_i, h_t), (h_i, h_i), (h_t, h_i), (h_t, h_t)))
-    terms["quantization"] = quantization_loss(h_i, codes) + quantization_loss(h_t, codes)
+    terms["quantization"] = quantization_loss(h_i, codes, reduction) + quantization_loss(h_t, codes, reduction)
     if "label_logits" in out:
         terms["classification"] = F.binary_cross_entropy_with_logits(out["label_logits"], labels.float())
     weights = {"triplet": triplet_weight, "quantization": quantization_weight,
@@ -181,36 +201,41 @@ def orthonormal_projection(m: torch.Tensor) -> torch.Tensor:
     return u @ vh
 
 
-CODE_UPDATES = ("penalty", "gcdh")  # TrainConfig.code_update; the README compares them
-
-
 def update_codes(state: CodeState, labels: torch.Tensor, h_image: torch.Tensor, h_text: torch.Tensor,
-                 lam: float, mu: float, rho: float, variant: str = "gcdh") -> CodeState:
-    """One discrete step. Both variants first fit R = (L^T L + lam I)^-1 L^T B, then:
+                 lam: float, mu: float, rho: float, variant: str = "gcdh", pull: float = 0.5) -> CodeState:
+    """One discrete step. Every variant first fits R = (L^T L + lam I)^-1 L^T B and forms the
+    data term M = L R + mu (H_I + H_T), then:
 
+    relative (the default):
+        B = sign(M + pull rms(M) C);  C = sqrt(N) proj(B);  D = 0, gamma unused.
+      C is the decorrelated, balanced matrix nearest B on B's scale ({C^T C = N I}, entries of
+      rms 1), and its pull is a fixed share of the data term's size: it decides the bits where
+      |M| < pull rms(M), whatever the scale of M, and every term stays bounded.
+    penalty:
+        B = sign(M + gamma C);  C = sqrt(N) proj(B);  D = 0, gamma fixed.
+      The same C with GCDH's gamma_0 = 0.01 as its weight: against an M of size ~1 it decides a
+      fraction of a percent of the bits, so in effect B = sign(M).
     gcdh (GCDH's algebra, exactly):
-        B = sign(L R + gamma (C - D / gamma) + mu (H_I + H_T));  C = proj(B + D / gamma);
+        B = sign(M + gamma (C - D / gamma));  C = proj(B + D / gamma);
         D = D + gamma (B - C);  gamma = rho gamma.
       C has orthonormal columns (entries ~ 1/sqrt(N)) while B is +-1, so B = C never holds and
       D grows by about gamma B every epoch while gamma grows: the update does not settle.
-    penalty (the default):
-        B = sign(L R + gamma C + mu (H_I + H_T));  C = sqrt(N) proj(B);  D = 0, gamma fixed.
-      The same pull towards decorrelated codes, with C on B's scale ({C^T C = N I}) and no
-      multiplier to accumulate: every term is bounded, so B changes only as L R and H do.
     """
     L = labels.float()
     eye = torch.eye(L.shape[1], dtype=L.dtype, device=L.device)
     R = torch.linalg.solve(L.T @ L + lam * eye, L.T @ state.codes)  # (C, K)
+    data_term = L @ R + mu * (h_image + h_text)  # (N, K)
     if variant == "gcdh":
-        codes = binarize(L @ R + state.gamma * state.auxiliary - state.multiplier + mu * (h_image + h_text))
+        codes = binarize(data_term + state.gamma * state.auxiliary - state.multiplier)
         auxiliary = orthonormal_projection(codes + state.multiplier / state.gamma)
         multiplier = state.multiplier + state.gamma * (codes - auxiliary)
         return CodeState(codes, auxiliary, multiplier, state.gamma * rho)
-    if variant == "penalty":
-        codes = binarize(L @ R + state.gamma * state.auxiliary + mu * (h_image + h_text))
+    if variant in ("relative", "penalty"):
+        weight = pull * data_term.pow(2).mean().sqrt() if variant == "relative" else state.gamma
+        codes = binarize(data_term + weight * state.auxiliary)
         auxiliary = orthonormal_projection(codes) * codes.shape[0] ** 0.5
         return CodeState(codes, auxiliary, state.multiplier, state.gamma)
-    raise ValueError(f"code_update must be one of {CODE_UPDATES}, got {variant!r}")
+    raise ValueError(f"code_update must be relative, penalty or gcdh, got {variant!r}")
 
 
 class EgathObjective(Objective):
@@ -228,19 +253,20 @@ class EgathObjective(Objective):
     def loss(self, out: dict[str, torch.Tensor], labels: torch.Tensor, index: torch.Tensor) -> dict:
         cfg = self.cfg
         return egath_loss(out, labels, self.state.codes[index], cfg.margin, cfg.triplet_weight,
-                          cfg.quantization_weight, cfg.classification_weight, self.use_triplet)
+                          cfg.quantization_weight, cfg.classification_weight, self.use_triplet,
+                          cfg.loss_reduction)
 
     def end_epoch(self, h_image: torch.Tensor, h_text: torch.Tensor) -> dict:
         cfg = self.cfg
         before = self.state.codes
-        self.state = update_codes(self.state, self.labels, h_image, h_text,
-                                  cfg.code_lambda, cfg.code_mu, cfg.code_rho, cfg.code_update)
+        self.state = update_codes(self.state, self.labels, h_image, h_text, cfg.code_lambda,
+                                  cfg.code_mu, cfg.code_rho, cfg.code_update, cfg.code_pull)
         # how much B moved, and the multiplier's size: both settle when the update is stable
         return {"code_flip_rate": (self.state.codes != before).float().mean(),
                 "multiplier_rms": self.state.multiplier.pow(2).mean().sqrt()}
 
     def protocol(self) -> dict:
-        return {"code_update": self.cfg.code_update}
+        return {"code_update": self.cfg.code_update, "loss_reduction": self.cfg.loss_reduction}
 
     def state_dict(self) -> dict:
         return asdict(self.state)
@@ -283,16 +309,22 @@ def builder(use_gat: bool, use_triplet: bool):
     return build
 
 
-_LOSS = "alpha (NDCG-weighted cosine triplet I-T, I-I, T-I, T-T) + ||B - h||^2 + BCE of the GAT label scores"
+# EGATH's settings are TrainConfig's defaults: the paper's, GCDH's where the paper is silent, and
+# this project's per-sample loss terms (loss_reduction mean; docs/methods.md)
+_LR = Range(1e-5, 1e-2)
+_LOSS = "alpha (NDCG-weighted cosine triplet I-T, I-I, T-I, T-T) + ||B - h||^2 + eta BCE of the GAT label scores"
 EGATH_METHOD = Method(
     name="egath", kind="supervised", source="the paper; losses and B update from Zjut-MultimediaPlus/GCDH",
     summary=f"transformer branches, GAT label classifier, tanh hash layers; {_LOSS}; discrete B update",
-    build=builder(use_gat=True, use_triplet=True), from_checkpoint=from_checkpoint)
+    build=builder(use_gat=True, use_triplet=True), from_checkpoint=from_checkpoint,
+    tuning_space={"lr": _LR, "triplet_weight": Range(1.0, 100.0), "classification_weight": Range(0.01, 10.0)})
 EGATH_G = Method(
     name="egath-g", kind="supervised", source=EGATH_METHOD.source,
     summary="EGATH without the GAT classifier (the paper's ablation): no BCE term",
-    build=builder(use_gat=False, use_triplet=True), from_checkpoint=from_checkpoint)
+    build=builder(use_gat=False, use_triplet=True), from_checkpoint=from_checkpoint,
+    tuning_space={"lr": _LR, "triplet_weight": Range(1.0, 100.0)})
 EGATH_T = Method(
     name="egath-t", kind="supervised", source=EGATH_METHOD.source,
     summary="EGATH without the cosine triplet loss (the paper's ablation)",
-    build=builder(use_gat=True, use_triplet=False), from_checkpoint=from_checkpoint)
+    build=builder(use_gat=True, use_triplet=False), from_checkpoint=from_checkpoint,
+    tuning_space={"lr": _LR, "classification_weight": Range(0.01, 10.0)})

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from egath.methods.base import Method, Rebuildable, trunk
+from egath.methods.base import Method, Range, Rebuildable, trunk
 from egath.methods.egath import EgathObjective
 
 
@@ -164,5 +164,7 @@ METHOD = Method(
         "margin": 0.4, "triplet_weight": 10.0,  # config.py margin, alpha
         "quantization_weight": 1.0, "classification_weight": 1.0,  # main.py: err = alpha tri + quant + class
         "code_lambda": 1.0, "code_gamma": 0.01, "code_rho": 1.05, "code_mu": 0.5,  # main.py; config.py
+        "code_update": "gcdh", "loss_reduction": "sum",  # main.py: its algebra and its sums, exactly
         "feature_dim": 2048, "gat_hidden": 1024, "dropout": 0.0,  # config.py hidden_dim; models/gcn.py gc1
-    })
+    },
+    tuning_space={"lr": Range(1e-5, 1e-3), "triplet_weight": Range(1.0, 100.0)})

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from egath.methods.base import Method, constant_lr
-from egath.methods.djsrh import (DJSRH, AffinityReconstruction, affinity_features, code_cosines,
-                                 cosine_affinity, sgd_per_network)
+from egath.methods.base import Method, Range, constant_lr
+from egath.methods.djsrh import (DJSRH, AffinityReconstruction, code_cosines, cosine_affinity,
+                                 sgd_per_network)
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,6 @@ class JdshParams:
     high: float | None = None
     text_lr_ratio: float = 1.0  # LR_TXT / LR_IMG = 0.01 / 0.01
     momentum: float = 0.9  # MOMENTUM of both SGD optimisers
-    # Not the authors': subtract the training set's mean feature first (djsrh.affinity_features)
-    centre_features: bool = False
 
     def __post_init__(self):
         given = [getattr(self, f.name) is not None for f in fields(SimilarityDistribution)]
@@ -182,7 +180,7 @@ class JDSH(DJSRH):
 
 def build(bits: int, cfg, params: JdshParams, data, graph):
     model = JDSH.for_data(bits, cfg, data, image_trunk=False)
-    features = affinity_features(data, params.centre_features)
+    features = (data.image, data.text)
     distribution = params.distribution()
     if distribution is None:
         distribution = fit_distribution(training_similarities(*features, params, cfg.batch_size, cfg.seed))
@@ -198,4 +196,5 @@ METHOD = Method(
     build=build, from_checkpoint=JDSH.from_checkpoint, params=JdshParams,
     optimizers=sgd_per_network, lr_scale=constant_lr,
     # config/JDSH_MIRFlickr.json: LR_IMG, WEIGHT_DECAY, BATCH_SIZE; models.py: TxtNet 4096 wide
-    training_defaults={"lr": 1e-2, "weight_decay": 5e-4, "batch_size": 32, "feature_dim": 4096})
+    training_defaults={"lr": 1e-2, "weight_decay": 5e-4, "batch_size": 32, "feature_dim": 4096},
+    tuning_space={"lr": Range(1e-3, 1e-1), "intra": Range(0.01, 1.0)})

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from egath.methods.base import Method, Objective, Rebuildable, trainable
+from egath.methods.base import Method, Objective, Range, Rebuildable, trainable
 
 
 @dataclass(frozen=True)
@@ -243,4 +243,5 @@ METHOD = Method(
     build=build, from_checkpoint=UCCH.from_checkpoint, params=UcchParams,
     optimizers=optimizers, lr_scale=multistep_decay,
     # UCCH.py / README.md: Adam at 1e-4, weight decay 1e-6, batches of 256, hidden width 1024 * 8
-    training_defaults={"lr": 1e-4, "weight_decay": 1e-6, "batch_size": 256, "feature_dim": 8192})
+    training_defaults={"lr": 1e-4, "weight_decay": 1e-6, "batch_size": 256, "feature_dim": 8192},
+    tuning_space={"lr": Range(1e-5, 1e-3), "alpha": Range(0.3, 0.95, log=False)})
