@@ -16,6 +16,7 @@ import torch
 from egath import training
 from egath.encoding import encode_dataset
 from egath.graph import build_graph, clip_label_embeddings, load_graph
+from egath.inputs import InputTransform, TransformedInputs
 from egath.methods import egath as egath_method
 from egath.methods.base import binarize
 from egath.methods import model_from_checkpoint
@@ -228,27 +229,29 @@ def test_egath_t_has_no_triplet_term(data_files, tmp_path):
 # --------------------------------------------------------------------------- checkpoint / encoding
 
 def reference_model(result, graph_path):
+    """The trained EGATH built by hand, behind the input transform it was trained with."""
     graph = load_graph(graph_path)
     model = build_model(ModelConfig(**result["model_config"]), graph.adjacency, graph.node_features)
     model.load_state_dict(result["state_dict"])
-    return model.eval()
+    return InputTransform.from_state(result["input_transform"]).wrap(model).eval()
 
 
 def test_model_from_checkpoint_reproduces_codes(data_files, reference_run):
     out, result = reference_run
     direct = reference_model(result, data_files["graph"])
     rebuilt = model_from_checkpoint(torch.load(out, weights_only=False)).eval()
+    assert isinstance(rebuilt, TransformedInputs)  # EGATH reads standardised features
     data = training.load_split(data_files["pairs"], data_files["features"], "database")
     with torch.no_grad():
         for a, b in ((direct.encode_image(data.image), rebuilt.encode_image(data.image)),
                      (direct.encode_text(data.text), rebuilt.encode_text(data.text))):
             assert torch.equal(binarize(a), binarize(b))
             torch.testing.assert_close(a, b, rtol=0, atol=0)
-        torch.testing.assert_close(direct.classifier.prototypes(), rebuilt.classifier.prototypes())
+        torch.testing.assert_close(direct.model.classifier.prototypes(), rebuilt.model.classifier.prototypes())
     # the rebuilt graph is the graph trained on
     graph = load_graph(data_files["graph"])
-    torch.testing.assert_close(rebuilt.classifier.node_features, torch.from_numpy(graph.node_features))
-    source, target = rebuilt.classifier.edge_index
+    torch.testing.assert_close(rebuilt.model.classifier.node_features, torch.from_numpy(graph.node_features))
+    source, target = rebuilt.model.classifier.edge_index
     adjacency = np.zeros((C, C), np.uint8)
     adjacency[target.numpy(), source.numpy()] = 1
     np.testing.assert_array_equal(adjacency, graph.adjacency)
@@ -285,7 +288,7 @@ def test_egath_g_train_checkpoint_and_encode(data_files, tmp_path):
     assert "classification" not in result["history"][0]
     assert not any(k.startswith("classifier") for k in result["state_dict"])
     model = model_from_checkpoint(torch.load(out, weights_only=False))
-    assert model.classifier is None
+    assert model.model.classifier is None
     encode_dataset(out, data_files["pairs"], data_files["features"], tmp_path / "codes.h5")
     with h5py.File(tmp_path / "codes.h5", "r") as f:
         assert f["query/image"].shape == (N_QUERY, BITS)

@@ -155,6 +155,6 @@ def test_a_trained_model_reads_cached_features_as_they_are(separable_files, tmp_
         torch.testing.assert_close(model.encode_image(data.image), model.model.encode_image(transform.image(data.image)))
         torch.testing.assert_close(model.encode_text(data.text), model.model.encode_text(transform.text(data.text)))
     # a method whose form is the cached one comes back as itself
-    training.train(*files, tmp_path / "egath.pt", "egath", BITS, PARAMS)
-    assert not isinstance(model_from_checkpoint(torch.load(tmp_path / "egath.pt", weights_only=False)),
+    training.train(*files, tmp_path / "itq.pt", "itq", BITS, PARAMS, spec={"text": "clip"})
+    assert not isinstance(model_from_checkpoint(torch.load(tmp_path / "itq.pt", weights_only=False)),
                           TransformedInputs)

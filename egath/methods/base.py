@@ -103,7 +103,9 @@ class Method:
     lr_scale: Callable[..., float] = exponential_decay  # (cfg, params, progress in epochs) -> factor
     training_defaults: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig values of its authors
     text_inputs: tuple[str, ...] = TEXT_INPUTS
-    inputs: InputForm = InputForm()  # the form of its authors' inputs (egath.inputs)
+    # the form of its authors' inputs (egath.inputs): every method's authors fed features with norms in
+    # the tens (CNN fc7, ResNet pooled features, CLIP's unnormalised embeddings), not unit-length ones
+    inputs: InputForm = InputForm(image="standardise", text="standardise")
     # what egath.tuning searches: TrainConfig fields or fields of `params`, each over a Range
     tuning_space: Mapping[str, Range] = field(default_factory=dict)
 

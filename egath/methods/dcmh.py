@@ -26,7 +26,6 @@ import torch
 from torch import nn
 from torch.nn.functional import softplus
 
-from egath.inputs import InputForm
 from egath.methods.base import Method, Objective, Range, Rebuildable, binarize, label_similarity, trunk
 
 INIT_STD = 0.01  # net_structure_txt.m, net_structure_img.m: weights and biases 0.01 * randn
@@ -166,9 +165,8 @@ METHOD = Method(
             "+ gamma ||B - F||^2, ||B - G||^2 + eta bit balance; alternating image and text passes, B = sign(F + G)",
     build=build, from_checkpoint=DCMH.from_checkpoint, params=DcmhParams, optimizers=optimizers,
     lr_scale=logspace_schedule,
-    # CNN-F fc7 activations (norms in the tens) and mean-free tags: standardised CLIP features and
-    # bag-of-words give its 0.01 init, learning rates and 1 / (batch N) normaliser inputs of that size
-    inputs=InputForm(image="standardise", text="standardise"),
+    # inputs: standardised (the default form): CNN-F fc7 activations and mean-free tags are what its
+    # 0.01 init, learning rates and 1 / (batch N) normaliser were made for
     training_defaults={
         "lr": 10 ** -1.5, "lr_min": 1e-3,  # DCMH_demo.m: logspace(-1.5, -3, maxIter)
         "weight_decay": 5e-4,  # update_net.m

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from egath.inputs import InputForm
 from egath.methods.base import ClosedForm, Method, Rebuildable
 
 ITQ_ITERATIONS = 50  # Gong & Lazebnik 2011
@@ -93,4 +94,5 @@ METHOD = Method(
     name="itq", kind="unsupervised", source="(Gong & Lazebnik 2011; no hashing code of its own)",
     summary="PCA of the L2-normalised training images and texts together, then the ITQ rotation",
     build=lambda bits, cfg, params, data, graph: ITQ.build(bits, cfg, data),
-    from_checkpoint=ITQ.from_checkpoint, text_inputs=("clip",))
+    from_checkpoint=ITQ.from_checkpoint, text_inputs=("clip",),
+    inputs=InputForm())  # L2-normalises and centres the cached features itself
