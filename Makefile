@@ -1,4 +1,5 @@
 # make demo: set up .venv and run the workflow on the built-in synthetic dataset.
+# make demo-tuning: the demo at 32 bits with every method as set and tuned (an equal budget), in demo-tuning/.
 # make test: set up .venv and run the test suite.
 # make lint: set up .venv, check the Snakefile and rules/ are snakefmt-formatted, and lint the workflow.
 PYTHON ?= python3
@@ -7,7 +8,7 @@ BIN := $(VENV)/bin
 DEMO := --workflow-profile profiles/demo
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test lint dry-run clean
+.PHONY: demo demo-tuning test lint dry-run clean
 
 $(VENV)/installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +19,9 @@ $(VENV)/installed: pyproject.toml
 demo: $(VENV)/installed
 	$(BIN)/snakemake $(DEMO)
 	$(MAKE) results/report.html
+
+demo-tuning: $(VENV)/installed
+	$(BIN)/snakemake $(DEMO) --configfile configs/demo-tuning.yaml -d demo-tuning
 
 results/report.html: results/tables/map.csv
 	$(BIN)/snakemake $(DEMO) --report $@
@@ -34,4 +38,4 @@ dry-run: $(VENV)/installed
 	$(BIN)/snakemake -n
 
 clean:
-	rm -rf results resources logs
+	rm -rf results resources logs demo-tuning

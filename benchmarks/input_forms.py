@@ -1,0 +1,80 @@
+"""What each method's input form does: every method trained on a prepared dataset with its inputs
+as cached (none), centred and standardised, with a config's settings for it (its `training:` and
+matching `train_overrides`), evaluated as the workflow does (query against database, order-free
+mAP, I->T / T->I), mean over seeds.
+
+    python benchmarks/input_forms.py configs/demo.yaml results/synthetic/pairs.h5 \\
+        results/synthetic/features/egath-tiny-vit_none.h5 results/synthetic/graph.h5
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from seed_spread import test_map  # noqa: E402
+
+from egath.training import load_split, prepare_run, run_epochs, select_weights, start_training  # noqa: E402
+
+FORMS = ("none", "centre", "standardise")
+
+
+def job_settings(config: dict, method: str, bits: int) -> tuple[dict, dict]:
+    """(training params, method spec) of one cell, as the workflow resolves them (rules/common.smk)."""
+    params = dict(config.get("training", {}))
+    for override in config.get("train_overrides", []):
+        selected = override.get("method")
+        wanted = override.get("bits")
+        if (selected is None or method in ([selected] if isinstance(selected, str) else selected)) and \
+                (wanted is None or bits in ([wanted] if isinstance(wanted, int) else wanted)):
+            params.update(override["params"])
+    spec = {k: v for k, v in (config["methods"][method] or {}).items() if k != "tune"}
+    return params, spec
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config")
+    parser.add_argument("pairs")
+    parser.add_argument("features")
+    parser.add_argument("graph")
+    parser.add_argument("--methods", nargs="+", help="default: every method of the config but itq")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--bits", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config = yaml.safe_load(Path(args.config).read_text())
+    methods = args.methods or [m for m in config["methods"] if (config["methods"][m] or {}).get("model", m) != "itq"]
+    splits = {name: load_split(args.pairs, args.features, name) for name in ("query", "database")}
+    print(f"test mAP i2t / t2i, mean over {args.seeds} seeds, {args.bits} bits, settings of {args.config}")
+    print("method           " + "".join(f"{form:>20s}" for form in FORMS))
+    for method in methods:
+        params, spec = job_settings(config, method, args.bits)
+        cells = []
+        for form in FORMS:
+            scores = []
+            for seed in range(args.seeds):
+                run = prepare_run(args.pairs, args.features, args.graph, method, args.bits, {**params, "seed": seed},
+                                  spec={**spec, "inputs": {"image": form, "text": form}})
+                state = start_training(run)
+                try:
+                    run_epochs(run, state)
+                except FloatingPointError:
+                    scores = None
+                    break
+                select_weights(run, state)
+                scores.append(test_map(run, state.model, splits))
+            cells.append("diverged" if scores is None else
+                         f"{statistics.mean(s['i2t'] for s in scores):.3f} / {statistics.mean(s['t2i'] for s in scores):.3f}")
+        print(f"{method:16s} " + "".join(f"{c:>20s}" for c in cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
