@@ -52,7 +52,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     config = yaml.safe_load(Path(args.config).read_text())
     methods = args.methods or [m for m in config["methods"] if (config["methods"][m] or {}).get("model", m) != "itq"]
-    splits = {name: load_split(args.pairs, args.features, name) for name in ("query", "database")}
+    splits = {text: {name: load_split(args.pairs, args.features, name, text) for name in ("query", "database")}
+              for text in ("bow", "clip")}
     print(f"test mAP i2t / t2i, mean over {args.seeds} seeds, {args.bits} bits, settings of {args.config}")
     print("method           " + "".join(f"{form:>20s}" for form in FORMS))
     for method in methods:
@@ -70,7 +71,7 @@ def main() -> None:
                     scores = None
                     break
                 select_weights(run, state)
-                scores.append(test_map(run, state.model, splits))
+                scores.append(test_map(run, state.model, splits[run.spec.text]))
             cells.append("diverged" if scores is None else
                          f"{statistics.mean(s['i2t'] for s in scores):.3f} / {statistics.mean(s['t2i'] for s in scores):.3f}")
         print(f"{method:16s} " + "".join(f"{c:>20s}" for c in cells), flush=True)

@@ -10,6 +10,8 @@ and the spread (max - min) over the seeds is printed per method and selection. W
     python benchmarks/seed_spread.py results/synthetic/pairs.h5 \\
         results/synthetic/features/egath-tiny-vit_none.h5 results/synthetic/graph.h5 \\
         --figure seed_spread.png
+    # the settings before weight averaging, standardised inputs, per-sample terms and the relative update:
+    python benchmarks/seed_spread.py ... --inputs none --set code_update=penalty loss_reduction=sum
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 from matplotlib.figure import Figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -53,16 +56,21 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--bits", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=PARAMS["epochs"])
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="training settings over the demo's, e.g. code_update=penalty loss_reduction=sum")
+    parser.add_argument("--inputs", help="input form of both modalities instead of each method's (none, centre, standardise)")
     parser.add_argument("--figure", help="draw the per-epoch validation mAP of every seed into this PNG")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     splits = {name: load_split(args.pairs, args.features, name) for name in ("query", "database")}
+    settings = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
+    spec = {"inputs": {"image": args.inputs, "text": args.inputs}} if args.inputs else None
     results, curves = {}, {}
     for method in args.methods:
         for seed in range(args.seeds):
             run = prepare_run(args.pairs, args.features, args.graph, method, args.bits,
-                              {**PARAMS, "epochs": args.epochs, "seed": seed})
+                              {**PARAMS, **settings, "epochs": args.epochs, "seed": seed}, spec)
             state = start_training(run)
             run_epochs(run, state)
             last = test_map(run, state.model, splits)

@@ -27,11 +27,16 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 # map.csv: one row per seed, then one aggregate row (seed "mean") per dataset x method x bits x task;
 # map is the order-free headline, map_index_ties the peers' tie rule (egath.metrics)
 CSV_COLUMNS = ("dataset", "method", "bits", "task", "seed", "n_seeds", "map", "map_std", "map_index_ties",
-               "map_random_codes")
+               "map_random_codes", "outlier")
 PROTOCOL_COLUMNS = ("n_query", "n_database", "n_train", "split_seed", "map_kind", "tie_rule",
                     "epoch_selection", "tuning", "code_update")
 CHANCE_ROW = "random codes"
 DAGGER = "†"
+OUTLIER_MARK = "‡"
+# A seed is an outlier when it lies more than OUTLIER_MADS scaled MADs from its cell's median; the
+# MAD is floored so that three nearly equal seeds do not make a 0.003 difference an outlier.
+OUTLIER_MADS = 3.0
+MAD_FLOOR = 0.005
 
 
 def collect_metrics(paths) -> list[dict]:
@@ -90,17 +95,33 @@ def _rows(metrics, order: list[str]) -> list[dict]:
             seen.add(key)
             rows.append({**dict(zip(CSV_COLUMNS[:5], key)), "n_seeds": 1, "map": float(values["map"]),
                          "map_std": "", "map_index_ties": float(values["map_index_ties"]),
-                         "map_random_codes": float(values["map_random_codes"]), **_protocol(m)})
+                         "map_random_codes": float(values["map_random_codes"]), "outlier": "",
+                         **_protocol(m)})
     return sorted(rows, key=lambda r: (r["dataset"], order.index(r["method"]), r["bits"], r["task"], r["seed"]))
 
 
+def _mark_outliers(group: list[dict]) -> None:
+    """Mark (outlier "yes") the seeds of one cell more than OUTLIER_MADS scaled MADs (1.4826 x the
+    median absolute deviation, at least MAD_FLOOR) from the cell's median; needs three seeds."""
+    if len(group) < 3:
+        return
+    maps = [r["map"] for r in group]
+    median = statistics.median(maps)
+    mad = max(1.4826 * statistics.median(abs(x - median) for x in maps), MAD_FLOOR)
+    for r in group:
+        r["outlier"] = "yes" if abs(r["map"] - median) > OUTLIER_MADS * mad else ""
+
+
 def _aggregate(rows) -> list[dict]:
-    """Mean and standard deviation over seeds of each dataset x method x bits x task."""
+    """Mean and standard deviation over seeds of each dataset x method x bits x task; marks the
+    outlying seed rows."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["dataset"], r["method"], r["bits"], r["task"]), []).append(r)
     out = []
     for key, group in groups.items():
+        _mark_outliers(group)
+        outliers = sum(r["outlier"] == "yes" for r in group)
         maps = [r["map"] for r in group]
         protocol = {c: group[0][c] for c in PROTOCOL_COLUMNS}
         if len({r["epoch_selection"] for r in group}) > 1:
@@ -109,7 +130,7 @@ def _aggregate(rows) -> list[dict]:
                     "map": sum(maps) / len(maps), "map_std": statistics.stdev(maps) if len(maps) > 1 else 0.0,
                     "map_index_ties": sum(r["map_index_ties"] for r in group) / len(group),
                     "map_random_codes": sum(r["map_random_codes"] for r in group) / len(group),
-                    **protocol})
+                    "outlier": f"{outliers} of {len(group)} seeds" if outliers else "", **protocol})
     return out
 
 
@@ -160,28 +181,29 @@ def write_map_table(metrics, csv_path, md_path, tex_path, reference=None, html_p
     columns = sorted({(r["dataset"], r["task"], r["bits"]) for r in aggregate}
                      | {(r["dataset"], r["task"], int(r["bits"])) for r in reference},
                      key=lambda c: (c[0], TASKS.index(c[1]) if c[1] in TASKS else 9, c[2]))
-    # (mean, std); no std for a single seed
-    measured = {(r["method"], r["dataset"], r["task"], r["bits"]): (r["map"], r["map_std"] if r["n_seeds"] > 1 else None)
+    # (mean, std or None for a single seed, mark)
+    measured = {(r["method"], r["dataset"], r["task"], r["bits"]):
+                (r["map"], r["map_std"] if r["n_seeds"] > 1 else None, OUTLIER_MARK if r["outlier"] else "")
                 for r in aggregate}
     n_seeds = sorted({r["n_seeds"] for r in aggregate})
     ref_values, sources = {}, {}
     for r in reference:
-        ref_values[(r["method"], r["dataset"], r["task"], int(r["bits"]))] = (float(r["map"]), None)
+        ref_values[(r["method"], r["dataset"], r["task"], int(r["bits"]))] = (float(r["map"]), None, "")
         sources.setdefault(r["method"], [])
         if r["source"] not in sources[r["method"]]:
             sources[r["method"]].append(r["source"])
     ref_methods = sorted(sources)
 
-    chance = {(r["dataset"], r["task"], r["bits"]): (r["map_random_codes"], None) for r in aggregate}
+    chance = {(r["dataset"], r["task"], r["bits"]): (r["map_random_codes"], None, "") for r in aggregate}
 
     def bold_method(col):
         """The method whose mean beats the next best, chance included, by more than either's std."""
         ranked = sorted([(measured[(m, *col)], m) for m in methods if (m, *col) in measured]
-                        + [(chance[col], CHANCE_ROW)] * (col in chance), reverse=True)
+                        + [(chance[col], CHANCE_ROW)] * (col in chance), key=lambda x: x[0][0], reverse=True)
         if len(ranked) < 2 or ranked[0][1] == CHANCE_ROW:
             return None
-        (best, best_std), m = ranked[0]
-        (second, second_std), _ = ranked[1]
+        (best, best_std, _), m = ranked[0]
+        (second, second_std, _), _ = ranked[1]
         return m if best - second > max(best_std or 0, second_std or 0) else None
 
     bold = {col: bold_method(col) for col in columns}
@@ -193,9 +215,12 @@ def write_map_table(metrics, csv_path, md_path, tex_path, reference=None, html_p
     for m in ref_methods:
         table.append((m, True, [ref_values.get((m, *col)) for col in columns], [False] * len(columns)))
     seeds_text = " or ".join(str(n) for n in n_seeds)
-    notes = [f"{CHANCE_ROW}: uniformly random codes on the same query and database sets "
-             "(chance level), not a method"]
-    notes += [f"{m}: reported in {'; '.join(sources[m])}, different protocol" for m in ref_methods]
+    notes = [(DAGGER, f"{CHANCE_ROW}: uniformly random codes on the same query and database sets "
+                      "(chance level), not a method")]
+    notes += [(DAGGER, f"{m}: reported in {'; '.join(sources[m])}, different protocol") for m in ref_methods]
+    if any(r["outlier"] for r in aggregate):
+        notes.append((OUTLIER_MARK, f"a seed lies more than {OUTLIER_MADS:g} MADs from the median of its cell "
+                                    "(map.csv's outlier column names it)"))
     caption = (f"mAP@all, order-free (ties at equal Hamming distance in random order: expected AP); "
                f"mean ± std over {seeds_text} training seed(s); bold: best mean, ahead of the next "
                "and of chance by more than either's std")
@@ -247,8 +272,8 @@ def write_tuning_table(tunings, csv_path, md_path, html_path, listed=()) -> list
 
 
 def _fmt(cell, plus_minus: str = "±") -> str:
-    mean, std = cell
-    return f"{mean:.4f}" if std is None else f"{mean:.4f} {plus_minus} {std:.4f}"
+    mean, std, mark = cell
+    return (f"{mean:.4f}" if std is None else f"{mean:.4f} {plus_minus} {std:.4f}") + mark
 
 
 def _markdown(table, columns, notes, caption) -> str:
@@ -261,7 +286,7 @@ def _markdown(table, columns, notes, caption) -> str:
         out.append("| " + " | ".join([label] + shown) + " |")
     text = "\n".join(out) + "\n"
     if notes:
-        text += "\n" + "\n".join(f"{DAGGER} {n}" + "  " for n in notes) + "\n"
+        text += "\n" + "\n".join(f"{mark} {n}" + "  " for mark, n in notes) + "\n"
     return text
 
 
@@ -279,7 +304,7 @@ def _html(table, columns, notes, caption) -> str:
         tds = "".join(f"<td><b>{v}</b></td>" if b else f"<td>{v}</td>" for v, b in zip(shown, bold))
         style = ' class="reference"' if is_ref else ""
         rows.append(f"<tr{style}><th>{label}</th>{tds}</tr>")
-    notes_html = "".join(f"<p><sup>{DAGGER}</sup> {esc(n)}</p>" for n in notes)
+    notes_html = "".join(f"<p><sup>{mark}</sup> {esc(n)}</p>" for mark, n in notes)
     return f"""<div class="egath-map-table">
 <style>
 .egath-map-table table {{ border-collapse: collapse; font-size: 0.9em; }}
@@ -331,14 +356,16 @@ def _latex(table, columns, notes, caption) -> str:
             out.append(r"\midrule")
             first_ref = False
         label = _latex_escape(name) + (r"\textsuperscript{\dag}" if is_ref else "")
-        shown = ["--" if v is None else _fmt(v, r"$\pm$") for v in cells]
+        shown = ["--" if v is None else _fmt(v, r"$\pm$").replace(OUTLIER_MARK, r"\textsuperscript{\ddag}")
+                 for v in cells]
         shown = [rf"\textbf{{{v}}}" if b else v for v, b in zip(shown, bold)]
         out.append(" & ".join([label] + shown) + r" \\")
     out.append(r"\bottomrule")
     out.append(r"\end{tabular}")
     out.append(r"\par\smallskip\footnotesize " + _latex_escape(caption).replace("±", r"$\pm$") + ".")
-    for note in notes:
-        out.append(r"\par\smallskip\footnotesize\textsuperscript{\dag}" + _latex_escape(note))
+    for mark, note in notes:
+        symbol = r"\dag" if mark == DAGGER else r"\ddag"
+        out.append(r"\par\smallskip\footnotesize\textsuperscript{" + symbol + "}" + _latex_escape(note))
     return "\n".join(out) + "\n"
 
 
