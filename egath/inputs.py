@@ -2,9 +2,9 @@
 
 Every method reads the same cached features: unit-length CLIP image (and text) embeddings and
 binary bag-of-words rows. Its authors tuned learning rates, initialisations and normalisers on
-other inputs (CNN-F or AlexNet fc7 activations, whose norms are in the tens; mean-free tags), so
-each method declares an `InputForm` beside its defaults and the cached features are brought to
-it, with statistics measured on the training split only:
+other inputs (raw CNN-F, AlexNet or VGG fc7 activations and ResNet pooled features, none of them
+normalised; raw or mean-free tags), so each method declares an `InputForm` beside its defaults and
+the cached features are brought to it, with statistics measured on the training split only:
 
     none         as cached
     centre       x - mean

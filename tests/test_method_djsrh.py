@@ -31,6 +31,14 @@ def test_cosine_affinity_by_hand():
     torch.testing.assert_close(s, torch.tensor([[1.0, 2 * SQRT_HALF - 1], [2 * SQRT_HALF - 1, 1.0]]))
 
 
+def test_signed_features_keep_their_cosine():
+    # centred features: (1, 0) and (-1, 1) at cosine -1/sqrt(2), already on [-1, 1]
+    x = torch.tensor([[1.0, 0.0], [-1.0, 1.0]])
+    assert djsrh.takes_both_signs(x) and not djsrh.takes_both_signs(x.abs())
+    torch.testing.assert_close(djsrh.cosine_affinity(x, signed=True),
+                               torch.tensor([[1.0, -SQRT_HALF], [-SQRT_HALF, 1.0]]))
+
+
 def test_joint_semantics_affinity_by_hand():
     # images e1, e2: S_I = [[1, -1], [-1, 1]]; texts equal: S_T = ones.
     # beta 0.9: S~ = 0.9 S_I + 0.1 = [[1, -0.8], [-0.8, 1]]; S~ S~^T / 2 = [[0.82, -0.8], [-0.8, 0.82]]
@@ -52,12 +60,16 @@ def test_djsrh_loss_by_hand():
 
 # --------------------------------------------------------------------------- brute force
 
-def brute_force_djsrh(image, text, h_image, h_text, p):
+def brute_force_djsrh(image, text, h_image, h_text, p, image_set, text_set):
     def cos(a, b):
         return (a * b).sum() / (a.norm() * b.norm())
 
+    def affinity(x, i, j, training_set):
+        # the authors' 2 cos - 1 for non-negative features; the cosine itself for signed ones
+        return cos(x[i], x[j]) if (training_set < 0).any() else 2 * cos(x[i], x[j]) - 1
+
     n = image.shape[0]
-    s_tilde = [[p.beta * (2 * cos(image[i], image[j]) - 1) + (1 - p.beta) * (2 * cos(text[i], text[j]) - 1)
+    s_tilde = [[p.beta * affinity(image, i, j, image_set) + (1 - p.beta) * affinity(text, i, j, text_set)
                 for j in range(n)] for i in range(n)]
     total = h_image.new_zeros(())
     for i in range(n):
@@ -78,7 +90,8 @@ def test_djsrh_objective_matches_brute_force_value_and_gradient():
     h_image = features(5, 6, 2).tanh().requires_grad_()
     h_text = features(5, 6, 3).tanh().requires_grad_()
     fast = objective.loss({"h_image": h_image, "h_text": h_text}, data.labels[index], index)["total"]
-    slow = brute_force_djsrh(data.image[index], data.text[index], h_image, h_text, params)
+    # signed image features, non-negative text features: both maps of the cosine
+    slow = brute_force_djsrh(data.image[index], data.text[index], h_image, h_text, params, data.image, data.text)
     torch.testing.assert_close(fast, slow)
     assert_grad_close(fast, slow, (h_image, h_text))
 

@@ -91,13 +91,17 @@ def test_fit_recovers_a_gaussian_left_and_laplace_right():
 
 # --------------------------------------------------------------------------- brute force
 
-def brute_force_jdsh(image, text, h_image, h_text, p, dist):
+def brute_force_jdsh(image, text, h_image, h_text, p, dist, image_set, text_set):
     def cos(a, b):
         return (a * b).sum() / (a.norm() * b.norm())
 
+    def affinity(x, training_set):
+        # the authors' 2 cos - 1 for non-negative features; the cosine itself for signed ones
+        shift = 0 if (training_set < 0).any() else 1
+        return torch.stack([torch.stack([(1 + shift) * cos(x[i], x[j]) - shift for j in range(n)]) for i in range(n)])
+
     n = image.shape[0]
-    s_image = torch.stack([torch.stack([2 * cos(image[i], image[j]) - 1 for j in range(n)]) for i in range(n)])
-    s_text = torch.stack([torch.stack([2 * cos(text[i], text[j]) - 1 for j in range(n)]) for i in range(n)])
+    s_image, s_text = affinity(image, image_set), affinity(text, text_set)
     left, right = dist.loc - p.left_width * dist.scale_left, dist.loc + p.right_width * dist.scale_right
     total = h_image.new_zeros(())
     regions = set()
@@ -128,7 +132,7 @@ def test_jdsh_objective_matches_brute_force_value_and_gradient():
     h_image = features(6, 6, 2).tanh().requires_grad_()
     h_text = features(6, 6, 3).tanh().requires_grad_()
     fast = objective.loss({"h_image": h_image, "h_text": h_text}, torch.zeros(6, 3), index)["total"]
-    slow, regions = brute_force_jdsh(image[index], text[index], h_image, h_text, params, dist)
+    slow, regions = brute_force_jdsh(image[index], text[index], h_image, h_text, params, dist, image, text)
     assert regions == {"left", "kept", "right"}  # every branch of DSDW is exercised
     torch.testing.assert_close(fast, slow)
     assert_grad_close(fast, slow, (h_image, h_text))
@@ -155,7 +159,7 @@ def test_training_similarities_pool_the_off_diagonal_of_each_batch():
     assert values.shape == (4 * 3 + 4 * 3 + 2 * 1,)  # batches of 4, 4 and 2
     np.testing.assert_array_equal(values, jdsh.training_similarities(image, text, jdsh.JdshParams(), 4, 3))
     first = torch.randperm(10, generator=torch.Generator().manual_seed(3))[:4]
-    s = jdsh.joint_modal_similarity(image[first], text[first], 0.5, 0.1, 0.4)
+    s = jdsh.joint_modal_similarity(image[first], text[first], 0.5, 0.1, 0.4, signed=(True, True))
     np.testing.assert_allclose(values[:12], s[~torch.eye(4, dtype=torch.bool)].numpy())
     with pytest.raises(ValueError, match="at least two training pairs"):
         jdsh.training_similarities(image[:1], text[:1], jdsh.JdshParams(), 4, 0)

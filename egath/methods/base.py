@@ -103,8 +103,8 @@ class Method:
     lr_scale: Callable[..., float] = exponential_decay  # (cfg, params, progress in epochs) -> factor
     training_defaults: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig values of its authors
     text_inputs: tuple[str, ...] = TEXT_INPUTS
-    # the form of its authors' inputs (egath.inputs): every method's authors fed features with norms in
-    # the tens (CNN fc7, ResNet pooled features, CLIP's unnormalised embeddings), not unit-length ones
+    # the form of its inputs (egath.inputs): every method's authors fed raw activations (CNN fc7,
+    # ResNet pooled features, CLIP's unnormalised embeddings), never unit-length features
     inputs: InputForm = InputForm(image="standardise", text="standardise")
     # what egath.tuning searches: TrainConfig fields or fields of `params`, each over a Range
     tuning_space: Mapping[str, Range] = field(default_factory=dict)

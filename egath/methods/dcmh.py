@@ -12,8 +12,8 @@ replace their rows of F or G as they are computed; B = sign(F + G) after both pa
 On our frozen cached features: a trunk (egath.methods.base.trunk, width feature_dim) stands in
 for the CNN-F the authors fine-tune, followed by their fc8 hash layer; the text network is
 theirs, a two-layer MLP. Its inputs are standardised (egath.inputs, METHOD.inputs): the authors
-feed mean-free images to a CNN-F whose fc7 activations have norms in the tens, and mean-free
-tags. The outputs carry no tanh (as theirs); h = tanh(output) is what the interface shows, with
+feed mean-free images to a CNN-F whose raw fc7 activations its 0.01 init is set for, and (in
+MATLAB) mean-free tags. The outputs carry no tanh (as theirs); h = tanh(output) is what the interface shows, with
 the same sign.
 Differences from the authors' code: docs/methods.md.
 """
@@ -33,9 +33,9 @@ INIT_STD = 0.01  # net_structure_txt.m, net_structure_img.m: weights and biases 
 
 @dataclass(frozen=True)
 class DcmhParams:
-    gamma: float = 1.0  # weight of the quantization term (DCMH_matlab/DCMH_release/DCMH_demo.m param.gamma)
-    eta: float = 1.0  # weight of the bit-balance term (DCMH_matlab/DCMH_release/DCMH_demo.m param.eta)
-    text_hidden: int = 8192  # the text MLP's hidden layer (DCMH_matlab/DCMH_release/net_structure_txt.m)
+    gamma: float = 1.0  # weight of the quantization term (DCMH_matlab/DCMH_matlab/DCMH_demo.m param.gamma)
+    eta: float = 1.0  # weight of the bit-balance term (DCMH_matlab/DCMH_matlab/DCMH_demo.m param.eta)
+    text_hidden: int = 8192  # the text MLP's hidden layer (DCMH_matlab/DCMH_matlab/net_structure_txt.m)
 
 
 @dataclass
@@ -103,7 +103,7 @@ def dcmh_loss(own: torch.Tensor, other: torch.Tensor, rest_sum: torch.Tensor, si
 class DcmhObjective(Objective):
     """F, G (N, K) and B of the whole training set; one pass per modality per epoch."""
 
-    phases = ("image", "text")  # DCMH_tensorflow/DCMH_demo.py: update F, then G, then B
+    phases = ("image", "text")  # DCMH_tensorflow/DCMH_tensorflow/DCMH_demo.py: update F, then G, then B
 
     def __init__(self, labels: torch.Tensor, bits: int, params: DcmhParams, batch_size: int, seed: int):
         self.labels = labels  # (N, C)

@@ -3,8 +3,8 @@ frozen image and text features give a joint-semantics affinity matrix S; the has
 similarities (image-image, image-text, text-text) reconstruct S in mean squared error.
 
 Here on the cached CLIP image features and the run's text input (bag-of-words or CLIP text):
-the authors fine-tune AlexNet up to fc7 in the image network, so a trunk
-(egath.methods.base.trunk, width TrainConfig.feature_dim) stands in for those layers in front of
+the authors fine-tune AlexNet up to fc7 in the image network, so a trunk (Dropout, Linear, ReLU,
+as AlexNet's fc7 with its dropout; width TrainConfig.feature_dim) stands in for those layers in front of
 their hash layer; the frozen pretrained AlexNet whose fc7 features build S_I is the cached CLIP
 feature itself. JDSH (egath.methods.jdsh) builds on this module's networks, affinity helpers,
 optimiser and schedule. Differences from the authors' code: docs/methods.md.
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from egath.methods.base import Method, Objective, Range, Rebuildable, constant_lr, trunk
+from egath.methods.base import Method, Objective, Range, Rebuildable, constant_lr
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,10 @@ class DJSRH(Rebuildable):
         self.cfg = cfg
         self.sharpness = 1.0
         if cfg.image_trunk:
-            self.image_net = nn.Sequential(trunk(cfg.image_dim, cfg), nn.Linear(cfg.hidden_dim, cfg.bits))
+            # as AlexNet's classifier up to fc7 (dropout on each layer's input, none after fc7's
+            # ReLU), then the hash layer
+            self.image_net = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.image_dim, cfg.hidden_dim),
+                                           nn.ReLU(), nn.Linear(cfg.hidden_dim, cfg.bits))
         else:
             self.image_net = nn.Linear(cfg.image_dim, cfg.bits)
         self.text_net = nn.Sequential(nn.Linear(cfg.text_dim, cfg.hidden_dim), nn.ReLU(),
@@ -83,10 +86,19 @@ class DJSRH(Rebuildable):
 # --------------------------------------------------------------------------- affinities and losses
 
 
-def cosine_affinity(x: torch.Tensor) -> torch.Tensor:
-    """2 cos(x_i, x_j) - 1 (B, B): the cosine mapped from [0, 1] (non-negative features) to [-1, 1]."""
+def cosine_affinity(x: torch.Tensor, signed: bool = False) -> torch.Tensor:
+    """The features' cosine affinity on [-1, 1] (B, B): 2 cos(x_i, x_j) - 1, the authors' map of the
+    cosines of non-negative features (fc7 after ReLU, bag-of-words: cosines in [0, 1]); for
+    `signed` features (centred or standardised, whose cosines already span [-1, 1]) the cosine
+    itself, so that the target keeps the range the authors' weights were set for."""
     x = F.normalize(x, dim=1)
-    return 2 * x @ x.T - 1
+    cos = x @ x.T
+    return cos if signed else 2 * cos - 1
+
+
+def takes_both_signs(x: torch.Tensor) -> bool:
+    """Whether features have negative entries: their cosines span [-1, 1], not [0, 1]."""
+    return bool((x < 0).any())
 
 
 def code_cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -95,11 +107,12 @@ def code_cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def joint_semantics_affinity(image: torch.Tensor, text: torch.Tensor, beta: float, eta: float,
-                             mu: float) -> torch.Tensor:
+                             mu: float, signed: tuple[bool, bool] = (False, False)) -> torch.Tensor:
     """DJSRH's target (B, B) from a batch of n frozen features:
     S~ = beta S_I + (1 - beta) S_T,  S = mu ((1 - eta) S~ + eta S~ S~^T / n),
-    S_I, S_T the cosine affinities (cosine_affinity) of the image and text features."""
-    s = beta * cosine_affinity(image) + (1 - beta) * cosine_affinity(text)
+    S_I, S_T the cosine affinities (cosine_affinity) of the image and text features, each
+    `signed` or not."""
+    s = beta * cosine_affinity(image, signed[0]) + (1 - beta) * cosine_affinity(text, signed[1])
     n = s.shape[0]
     return mu * ((1 - eta) * s + eta * s @ s.T / n)
 
@@ -123,6 +136,7 @@ class AffinityReconstruction(Objective):
     def __init__(self, model: DJSRH, features: tuple[torch.Tensor, torch.Tensor], params):
         self.model, self.params = model, params
         self.image, self.text = features  # (N, d_image), (N, d_text): the whole training set
+        self.signed = (takes_both_signs(self.image), takes_both_signs(self.text))  # cosine_affinity's map
         self.epoch = 0
 
     def target(self, index: torch.Tensor) -> torch.Tensor:
@@ -152,7 +166,7 @@ class AffinityReconstruction(Objective):
 class DjsrhObjective(AffinityReconstruction):
     def target(self, index):
         p = self.params
-        return joint_semantics_affinity(self.image[index], self.text[index], p.beta, p.eta, p.mu)
+        return joint_semantics_affinity(self.image[index], self.text[index], p.beta, p.eta, p.mu, self.signed)
 
     def reconstruction(self, h_image, h_text, s):
         return djsrh_loss(h_image, h_text, s, self.params.lambda1, self.params.lambda2)

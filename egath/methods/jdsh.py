@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from egath.methods.base import Method, Range, constant_lr
 from egath.methods.djsrh import (DJSRH, AffinityReconstruction, code_cosines, cosine_affinity,
-                                 sgd_per_network)
+                                 sgd_per_network, takes_both_signs)
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +77,12 @@ class JdshParams:
 
 
 def joint_modal_similarity(image: torch.Tensor, text: torch.Tensor, alpha: float, beta: float,
-                           lamb: float) -> torch.Tensor:
+                           lamb: float, signed: tuple[bool, bool] = (False, False)) -> torch.Tensor:
     """JDSH's joint-modal similarity (B, B) before DSDW:
     S = alpha S_I + beta S_T + lamb (S_H + S_H^T) / 2,  S_H[i, j] = cos(S_I[i, :], S_T[j, :]),
-    S_I, S_T the cosine affinities of the image and text features (egath.methods.djsrh)."""
-    s_image, s_text = cosine_affinity(image), cosine_affinity(text)
+    S_I, S_T the cosine affinities of the image and text features, each `signed` or not
+    (egath.methods.djsrh.cosine_affinity)."""
+    s_image, s_text = cosine_affinity(image, signed[0]), cosine_affinity(text, signed[1])
     s_high = code_cosines(s_image, s_text)  # row-wise cosines: how alike two samples' neighbourhoods are
     return alpha * s_image + beta * s_text + lamb * (s_high + s_high.T) / 2
 
@@ -122,10 +123,11 @@ def training_similarities(image: torch.Tensor, text: torch.Tensor, params: JdshP
     """The off-diagonal joint-modal similarities of one pass over the training features in random
     batches of the training batch size (the high-order term depends on the batch)."""
     n = image.shape[0]
+    signed = (takes_both_signs(image), takes_both_signs(text))
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(image.device)
     pooled = []
     for batch in order.split(batch_size):
-        s = joint_modal_similarity(image[batch], text[batch], params.alpha, params.beta, params.lamb)
+        s = joint_modal_similarity(image[batch], text[batch], params.alpha, params.beta, params.lamb, signed)
         off_diagonal = ~torch.eye(len(batch), dtype=torch.bool, device=s.device)
         pooled.append(s[off_diagonal].double().cpu())
     values = torch.cat(pooled).numpy()
@@ -166,7 +168,7 @@ class JdshObjective(AffinityReconstruction):
 
     def target(self, index):
         p = self.params
-        s = joint_modal_similarity(self.image[index], self.text[index], p.alpha, p.beta, p.lamb)
+        s = joint_modal_similarity(self.image[index], self.text[index], p.alpha, p.beta, p.lamb, self.signed)
         return p.mu * dsdw(s, self.distribution, p)
 
     def reconstruction(self, h_image, h_text, s):
