@@ -104,18 +104,6 @@ def brute_force_assignment(cost):
     return min(itertools.permutations(range(n)), key=lambda perm: sum(cost[i][perm[i]] for i in range(n)))
 
 
-@pytest.mark.parametrize("n", range(1, 8))
-def test_assignment_is_the_least_cost_permutation(n):
-    rng = np.random.default_rng(n)
-    for trial in range(20):
-        # half the matrices with many equal costs (small integers), where ties between paths occur
-        cost = rng.integers(0, 3, (n, n)).astype(float) if trial % 2 else rng.random((n, n))
-        found = dnph.min_distance_assignment(cost)
-        assert sorted(found.tolist()) == list(range(n))
-        best = brute_force_assignment(cost)
-        assert cost[np.arange(n), found].sum() == pytest.approx(sum(cost[i, best[i]] for i in range(n)), abs=1e-12)
-
-
 def brute_force_dnph(h_i, h_t, s_i, s_t, proxies, labels, targets, margin, weight):
     """DNPH's loss with loops (utils/utils.py DNPH_out, train/hash_train.py, utils/b_reg.py)."""
     n, bits = h_i.shape

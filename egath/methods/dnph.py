@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from egath.hamming import _jit
 from egath.methods.base import (HeadConfig, Method, Range, Rebuildable, StatelessObjective, bert_adam, trunk,
                                 warmup_cosine)
 from egath.methods.dsph import TanhHash  # the same hash layer: Linear, dropout 0.2, tanh (model/hash_model.py)
@@ -88,59 +88,12 @@ def classification_term(scores_image: torch.Tensor, scores_text: torch.Tensor, l
     return F.cross_entropy(scores_image, target) + F.cross_entropy(scores_text, target)
 
 
-@_jit
-def min_distance_assignment(cost: np.ndarray) -> np.ndarray:
-    """The permutation that minimises sum_i cost[i, perm[i]] for a square cost matrix: the
-    shortest-augmenting-path form of the Hungarian method with row and column potentials,
-    O(n^3). Rows are added one at a time; each grows a tree of tight columns (Dijkstra on the
-    reduced costs) until it reaches a free column, then flips the path. Index 0 stands for "no
-    row / no column" in the 1-based arrays."""
-    n = cost.shape[0]
-    row_potential = np.zeros(n + 1)
-    column_potential = np.zeros(n + 1)
-    row_of_column = np.zeros(n + 1, np.int64)  # 0: the column is free
-    previous_column = np.zeros(n + 1, np.int64)  # the tree's path back to the new row
-    for row in range(1, n + 1):
-        row_of_column[0] = row
-        column = 0
-        slack = np.full(n + 1, np.inf)
-        in_tree = np.zeros(n + 1, np.bool_)
-        while True:
-            in_tree[column] = True
-            tree_row = row_of_column[column]
-            step, nearest = np.inf, 0
-            for j in range(1, n + 1):
-                if not in_tree[j]:
-                    reduced = cost[tree_row - 1, j - 1] - row_potential[tree_row] - column_potential[j]
-                    if reduced < slack[j]:
-                        slack[j] = reduced
-                        previous_column[j] = column
-                    if slack[j] < step:
-                        step, nearest = slack[j], j
-            for j in range(n + 1):
-                if in_tree[j]:
-                    row_potential[row_of_column[j]] += step
-                    column_potential[j] -= step
-                else:
-                    slack[j] -= step
-            column = nearest
-            if row_of_column[column] == 0:
-                break
-        while column != 0:  # flip the path: every column on it takes the row before it
-            before = previous_column[column]
-            row_of_column[column] = row_of_column[before]
-            column = before
-    assignment = np.empty(n, np.int64)
-    for j in range(1, n + 1):
-        assignment[row_of_column[j] - 1] = j - 1
-    return assignment
-
-
 def assign_targets(h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """targets reordered so that row i goes to h_i and sum_i ||h_i - target_i||_2 is least
     (train/hash_train.py, utils/b_reg.py `gene_noise`: scipy's linear_sum_assignment)."""
     cost = torch.cdist(h.detach().double(), targets.double()).cpu().numpy()
-    return targets[torch.from_numpy(min_distance_assignment(cost)).to(targets.device)]
+    _, columns = linear_sum_assignment(cost)
+    return targets[torch.from_numpy(columns).to(targets.device)]
 
 
 def uniform_term(h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
