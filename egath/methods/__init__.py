@@ -24,6 +24,7 @@ REGISTRY = {  # model name -> where its Method is defined
     "egath-t": "egath.methods.egath:EGATH_T",
     "dchmt": "egath.methods.dchmt:METHOD",
     "dsph": "egath.methods.dsph:METHOD",
+    "dnph-tmm": "egath.methods.dnph_tmm:METHOD",
     "itq": "egath.methods.itq:METHOD",
     "gcdh": "egath.methods.gcdh:METHOD",
     "dcmh": "egath.methods.dcmh:METHOD",
