@@ -95,7 +95,8 @@ def test_hash_layer_is_linear_dropout_tanh_with_pytorch_default_init():
     # out; kaiming_uniform with fan_out = 64 would reach sqrt(6 / 64) = 0.306)
     assert 0.9 * 0.25 < float(hash_layer.fc.weight.detach().abs().max()) <= 0.25
     model.eval()
-    h = model.encode_text(torch.randn(7, 20))
+    with torch.no_grad():
+        h = model.encode_text(torch.randn(7, 20))
     assert h.shape == (7, 64) and float(h.abs().max()) < 1
     out = model(torch.randn(3, 32), torch.randn(3, 20))
     assert set(out) == {"h_image", "h_text"} and out["h_image"].shape == (3, 64)
