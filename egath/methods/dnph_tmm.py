@@ -93,4 +93,4 @@ METHOD = Method(
     from_checkpoint=DNpH.from_checkpoint, params=DnphTmmParams, optimizers=optimizers, lr_scale=warmup_cosine,
     # utils/get_args.py: --lr 0.001, --weight-decay 0.2, --batch-size 64 (README.md's command: 128)
     training_defaults={"lr": 1e-3, "weight_decay": 0.2, "batch_size": 64},
-    tuning_space={"lr": Range(1e-4, 1e-2), "between_weight": Range(0.1, 10.0)})
+    tuning_space={"lr": Range(1e-4, 1e-2), "between_weight": Range(0.25, 4.0)})
