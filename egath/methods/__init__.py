@@ -25,6 +25,7 @@ REGISTRY = {  # model name -> where its Method is defined
     "dchmt": "egath.methods.dchmt:METHOD",
     "dsph": "egath.methods.dsph:METHOD",
     "dnph": "egath.methods.dnph:METHOD",
+    "dnph-tmm": "egath.methods.dnph_tmm:METHOD",
     "itq": "egath.methods.itq:METHOD",
     "gcdh": "egath.methods.gcdh:METHOD",
     "dcmh": "egath.methods.dcmh:METHOD",
