@@ -17,7 +17,7 @@ from egath import training
 from egath.encoding import encode_dataset
 from egath.graph import build_graph, clip_label_embeddings
 from egath.inputs import TransformedInputs
-from egath.methods import model_from_checkpoint
+from egath.methods import REGISTRY, model_from_checkpoint
 from egath.methods.base import binarize
 from egath.metrics import mean_average_precision
 from h5files import write_features, write_pairs
@@ -106,7 +106,7 @@ def train_rebuild_encode(files, tmp_path, model, text, params, loss_falls_from=1
     rebuilt = model_from_checkpoint(torch.load(out, weights_only=False)).eval()
     # a method whose inputs are transformed (egath.inputs) comes back behind its transform
     inner = rebuilt.model if isinstance(rebuilt, TransformedInputs) else rebuilt
-    assert (type(inner).__module__, type(inner).__name__) == (f"egath.methods.{model}", model.upper())
+    assert type(inner).__module__ == REGISTRY[model].partition(":")[0]  # the method's own model class
     assert_same_state(result["state_dict"], inner.state_dict())
     # batches not aligned to the row counts
     codes = encode_dataset(out, files["pairs"], files["features"], tmp_path / "codes.h5", batch_size=7)

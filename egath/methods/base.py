@@ -174,8 +174,9 @@ def binarize(x: torch.Tensor) -> torch.Tensor:
 
 
 def label_similarity(labels_a: torch.Tensor, labels_b: torch.Tensor) -> torch.Tensor:
-    """S_ij = 1 if samples i and j share a label, else 0: (B, M)."""
-    return (labels_a.float() @ labels_b.float().T > 0).float()
+    """S_ij = 1 if samples i and j share a label, else 0: (B, M), in the labels' float dtype."""
+    dtype = labels_a.dtype if labels_a.is_floating_point() else torch.float32
+    return (labels_a.float() @ labels_b.float().T > 0).to(dtype)
 
 
 @dataclass
