@@ -28,7 +28,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from egath.methods import MethodSpec
 from egath.methods.base import Method, binarize
 from egath.metrics import mean_average_precision
 from egath.provenance import training_inputs
+from egath import settings
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +84,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, params: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"unknown training parameters {unknown}; known: {sorted(known)}")
-        cfg = cls(**params)
+        cfg = settings.from_dict(cls, params, "training parameters")
         if cfg.selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {list(SELECTIONS)}, got {cfg.selection!r}")
         if cfg.loss_reduction not in ("mean", "sum"):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from egath import settings
 from egath.io import atomic_output
 from egath.training import (Run, TrainConfig, prepare_run, run_epochs, select_weights, start_training,
                             validation_map)
@@ -38,11 +39,7 @@ class TuningBudget:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TuningBudget":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown tuning settings {unknown}; known: {sorted(known)}")
-        budget = cls(**values)
+        budget = settings.from_dict(cls, values, "tuning settings")
         if budget.trials < 1 or budget.epochs < 1 or budget.n_validation < 1:
             raise ValueError(f"tuning needs trials, epochs and n_validation >= 1, got {budget}")
         return budget

@@ -266,7 +266,7 @@ def test_dsph_trains_hash_layers_with_bert_adam_and_proxies_with_sgd():
     assert group["params"] == [model.proxies]
     assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.02, 0.9, 5e-4)
     assert group["scheduled"] is False  # the proxies keep their rate while the heads warm up and decay
-    with pytest.raises(ValueError, match="has no parameters \\['beta'\\]"):
+    with pytest.raises(ValueError, match="unknown parameters of method model 'dsph' \\['beta'\\]"):
         method.make_params({"beta": 1})
 
 

@@ -195,7 +195,7 @@ def test_optimiser_schedule_and_defaults_are_the_authors():
     assert dnph.METHOD.lr_scale(cfg, params, 0.5) == pytest.approx(0.5)
     assert dnph.METHOD.lr_scale(cfg, params, 1.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.1)))
     assert dnph.METHOD.lr_scale(cfg, params, 9.999) == pytest.approx(0.0, abs=1e-6)
-    with pytest.raises(ValueError, match="has no parameters \\['alpha'\\]"):
+    with pytest.raises(ValueError, match="unknown parameters of method model 'dnph' \\['alpha'\\]"):
         dnph.METHOD.make_params({"alpha": 1})
 
 

@@ -119,7 +119,7 @@ def test_trains_with_its_authors_optimiser_and_schedule():
     assert method.lr_scale(cfg, params, 0.5) == pytest.approx(0.5)
     assert method.lr_scale(cfg, params, 1.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.1)))
     assert method.lr_scale(cfg, params, 9.999) == pytest.approx(0.0, abs=1e-6)
-    with pytest.raises(ValueError, match=r"has no parameters \['alpha'\]"):
+    with pytest.raises(ValueError, match=r"unknown parameters of method model 'dnph-tmm' \['alpha'\]"):
         method.make_params({"alpha": 1})
 
 

@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from egath import settings
 from egath.inputs import InputForm
 
 TEXT_INPUTS = ("bow", "clip")  # the paper's bag-of-words, or the cached CLIP text features
@@ -110,12 +111,7 @@ class Method:
     tuning_space: Mapping[str, Range] = field(default_factory=dict)
 
     def make_params(self, overrides: Mapping[str, Any] | None):
-        known = set(self.params.__dataclass_fields__)
-        unknown = sorted(set(overrides or {}) - known)
-        if unknown:
-            raise ValueError(f"method model {self.name!r} has no parameters {unknown}; "
-                             f"known: {sorted(known)}")
-        return self.params(**(overrides or {}))
+        return settings.from_dict(self.params, overrides, f"parameters of method model {self.name!r}")
 
 
 # --------------------------------------------------------------------------- objectives
@@ -210,3 +206,17 @@ class Rebuildable(nn.Module):
         model = cls(cls.config_class(**ckpt["model_config"]))
         model.load_state_dict(ckpt["state_dict"])
         return model
+
+
+class HashNets(Rebuildable):
+    """Two networks whose outputs are the continuous codes: `image_net` and `text_net`, each
+    (B, in) -> h (B, K) in (-1, 1), built by the subclass."""
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        return self.image_net(x)
+
+    def encode_text(self, x: torch.Tensor) -> torch.Tensor:
+        return self.text_net(x)
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"h_image": self.image_net(image), "h_text": self.text_net(text)}

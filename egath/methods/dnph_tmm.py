@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from egath.methods.base import (HeadConfig, Method, Range, Rebuildable, StatelessObjective, bert_adam,
+from egath.methods.base import (HashNets, HeadConfig, Method, Range, StatelessObjective, bert_adam,
                                 label_similarity, trunk, warmup_cosine)
 from egath.methods.dsph import TanhHash  # DNpH's LinearHash is DSPH's: Linear, dropout 0.2, tanh
 
@@ -28,7 +28,7 @@ class DnphTmmParams:
     warmup_proportion: float = 0.1  # utils/get_args.py --warmup-proportion
 
 
-class DNpH(Rebuildable):
+class DNpH(HashNets):
     """Per modality: trunk -> tanh hash layer (h in (-1, 1)^K)."""
 
     def __init__(self, cfg: HeadConfig):
@@ -38,14 +38,6 @@ class DNpH(Rebuildable):
         self.image_net = nn.Sequential(trunk(cfg.image_dim, cfg), TanhHash(cfg.hidden_dim, cfg.bits))
         self.text_net = nn.Sequential(trunk(cfg.text_dim, cfg), TanhHash(cfg.hidden_dim, cfg.bits))
 
-    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        return self.image_net(x)
-
-    def encode_text(self, x: torch.Tensor) -> torch.Tensor:
-        return self.text_net(x)
-
-    def forward(self, image: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"h_image": self.image_net(image), "h_text": self.text_net(text)}
 
     @classmethod
     def build(cls, bits: int, cfg, params: DnphTmmParams, data):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from egath.methods.base import (HeadConfig, Method, Range, Rebuildable, StatelessObjective, bert_adam,
+from egath.methods.base import (HashNets, HeadConfig, Method, Range, StatelessObjective, bert_adam,
                                 label_similarity, trunk, warmup_cosine)
 
 DSPH_ALPHA = 0.8  # weight of the irrelevant-pair regularisation (DSPH repo default)
@@ -67,7 +67,7 @@ class TanhHash(nn.Module):
         return torch.tanh(self.dropout(self.fc(f)))  # (B, K)
 
 
-class DSPH(Rebuildable):
+class DSPH(HashNets):
     """Per modality: trunk -> tanh hash layer; plus the learnable label proxies P (C, K), kept in
     the model so that the shared optimizer trains them (they are not needed for retrieval)."""
 
@@ -79,14 +79,8 @@ class DSPH(Rebuildable):
         self.proxies = nn.Parameter(torch.empty(cfg.n_labels, cfg.bits))
         nn.init.kaiming_normal_(self.proxies, mode="fan_out")  # as DSPH; only directions matter
 
-    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        return self.image_net(x)
-
-    def encode_text(self, x: torch.Tensor) -> torch.Tensor:
-        return self.text_net(x)
-
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"h_image": self.image_net(image), "h_text": self.text_net(text), "proxies": self.proxies}
+        return {**super().forward(image, text), "proxies": self.proxies}
 
     @classmethod
     def build(cls, bits: int, cfg, params: DsphParams, data):

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from egath.methods.base import Method, Objective, Range, Rebuildable, trainable
+from egath.methods.base import HashNets, Method, Objective, Range, trainable
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def hash_mlp(in_dim: int, hidden_dim: int, bits: int, layers: int) -> nn.Sequent
     return nn.Sequential(*modules, UnitTanh())
 
 
-class UCCH(Rebuildable):
+class UCCH(HashNets):
     """Image MLP (3 layers) and text MLP (2 layers) on the frozen features, unit-length tanh outputs."""
 
     config_class = UcchConfig
@@ -101,14 +101,6 @@ class UCCH(Rebuildable):
         self.image_net = hash_mlp(cfg.image_dim, cfg.hidden_dim, cfg.bits, cfg.image_layers)
         self.text_net = hash_mlp(cfg.text_dim, cfg.hidden_dim, cfg.bits, cfg.text_layers)
 
-    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        return self.image_net(x)
-
-    def encode_text(self, x: torch.Tensor) -> torch.Tensor:
-        return self.text_net(x)
-
-    def forward(self, image: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"h_image": self.image_net(image), "h_text": self.text_net(text)}
 
 
 # --------------------------------------------------------------------------- losses
