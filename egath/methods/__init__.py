@@ -24,6 +24,7 @@ REGISTRY = {  # model name -> where its Method is defined
     "egath-t": "egath.methods.egath:EGATH_T",
     "dchmt": "egath.methods.dchmt:METHOD",
     "dsph": "egath.methods.dsph:METHOD",
+    "dimch": "egath.methods.dimch:METHOD",
     "itq": "egath.methods.itq:METHOD",
     "gcdh": "egath.methods.gcdh:METHOD",
     "dcmh": "egath.methods.dcmh:METHOD",
