@@ -56,12 +56,20 @@ def test_mmd_by_hand():
     # x = {(1, 0)}, y = {(0, 1)}: k(x, x) = k(y, y) = 1, k(x, y) = exp(-0.5 sqrt 2) = 0.493069
     x, y = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
     assert float(dimch.mmd(x, y, 0.5)) == pytest.approx(2 - 2 * math.exp(-0.5 * math.sqrt(2)))
-    # the same sample on both sides: 0, and a finite (zero) gradient where rows coincide
-    z = torch.tensor([[0.6, 0.8], [0.6, 0.8], [1.0, 0.0]], requires_grad=True)
+    # the same rows on both sides: 0, and a finite gradient where two rows coincide (their inner
+    # products give a squared distance of exactly 0, whose square root has no derivative)
+    z = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], requires_grad=True)
     value = dimch.mmd(z, z.detach().clone(), 0.5)
     assert float(value.detach()) == pytest.approx(0.0, abs=1e-7)
     (grad,) = torch.autograd.grad(value, z)
     assert torch.isfinite(grad).all()
+    # in float32 the inner products leave a row's squared distance to itself at up to 5e-7, whose
+    # square root (7e-4) would move k(x, x): the diagonal must be exactly 0, as in a float64 reference
+    g = torch.Generator().manual_seed(0)
+    x, y = (F.normalize(torch.randn(40, 16, generator=g), dim=1) for _ in range(2))
+    reference = sum(sign * torch.exp(-0.5 * torch.cdist(u.double(), v.double())).mean()
+                    for sign, u, v in ((1, x, x), (-2, x, y), (1, y, y)))
+    assert float(dimch.mmd(x, y, 0.5)) == pytest.approx(float(reference), abs=2e-7)
 
 
 def test_diversity_counts_every_pair_of_the_batch():
@@ -177,7 +185,10 @@ def test_loss_matches_brute_force_value_and_gradient(float64_default):
     z_i = torch.randn(n, k, generator=g, dtype=torch.float64, requires_grad=True)
     z_t = torch.randn(n, k, generator=g, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 0, 1], [0, 1, 0], [1, 0, 1]], dtype=torch.float64)
-    params = dimch.DimchParams(set_size=m, temperature=4.0, mmd_gamma=0.7)
+    # every weight and margin other than its default and the others, so that none can stand in for another
+    params = dimch.DimchParams(set_size=m, temperature=4.0, token_margin=0.2, hash_margin=0.4, token_weight=7.0,
+                               hash_weight=11.0, mmd_weight=3.0, mmd_gamma=0.7, diversity_weight=0.5,
+                               quantization_weight=2.0)
     # what each term reads: the instances, the codes, or both
     inputs = {"instance_triplet": (e_i, e_t), "mmd": (e_i, e_t), "diversity": (e_i, e_t),
               "hash_triplet": (z_i, z_t), "quantization": (z_i, z_t), "total": (e_i, e_t, z_i, z_t)}

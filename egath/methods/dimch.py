@@ -143,7 +143,9 @@ def dimch_triplet(distance: torch.Tensor, labels: torch.Tensor, margin: float) -
 
 
 def _squared_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(P, K), (Q, K) -> (P, Q) squared Euclidean distances, from inner products."""
+    """(P, K), (Q, K) -> (P, Q) squared Euclidean distances, from inner products. The clamp at 0
+    also passes no gradient where a distance is 0, so that its square root (no derivative at 0)
+    stays finite in backward."""
     return (x.pow(2).sum(1, keepdim=True) + y.pow(2).sum(1) - 2 * x @ y.T).clamp_min(0)
 
 
@@ -154,9 +156,7 @@ def mmd(x: torch.Tensor, y: torch.Tensor, gamma: float) -> torch.Tensor:
         d2 = _squared_distances(u, v)
         if same:  # a row's distance to itself: exactly 0, whatever the rounding of the inner products
             d2 = d2.masked_fill(torch.eye(len(u), dtype=torch.bool, device=u.device), 0)
-        # ||u - u|| has no gradient: the square root only where the distance is positive
-        distance = torch.where(d2 > 0, d2.clamp_min(1e-30).sqrt(), 0)
-        return torch.exp(-gamma * distance).mean()
+        return torch.exp(-gamma * d2.sqrt()).mean()
     return kernel_mean(x, x, True) - 2 * kernel_mean(x, y, False) + kernel_mean(y, y, True)
 
 
