@@ -26,6 +26,7 @@ REGISTRY = {  # model name -> where its Method is defined
     "dsph": "egath.methods.dsph:METHOD",
     "dnph": "egath.methods.dnph:METHOD",
     "dnph-tmm": "egath.methods.dnph_tmm:METHOD",
+    "dimch": "egath.methods.dimch:METHOD",
     "itq": "egath.methods.itq:METHOD",
     "gcdh": "egath.methods.gcdh:METHOD",
     "dcmh": "egath.methods.dcmh:METHOD",
