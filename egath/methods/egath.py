@@ -118,7 +118,7 @@ def ndcg_weights(similarity: torch.Tensor) -> torch.Tensor:
     over the row sorted in decreasing order. s_ij = l_i . l_j counts shared labels."""
     gains = torch.exp2(similarity) - 1  # (B, M)
     ideal = torch.sort(gains, dim=1, descending=True).values
-    discounts = torch.log2(torch.arange(similarity.shape[1], device=similarity.device) + 2.0)
+    discounts = torch.log2(torch.arange(similarity.shape[1], device=similarity.device, dtype=gains.dtype) + 2.0)
     z = (ideal / discounts).sum(dim=1, keepdim=True)
     return gains / z.clamp_min(1e-12)
 
