@@ -359,11 +359,16 @@ def test_links_named_by_row_are_found_by_their_target(tmp_path, first_row):
 def test_files_named_by_row_are_named_not_guessed(tmp_path):
     raw = tmp_path / "raw"
     write_official_files(raw)
+    _, keep, _ = expected(10)
+    # one photo id of the list is 7, and images/7.jpg is row 7's image, not that photo
+    imagelist = raw / "ImageList" / "Imagelist.txt"
+    lines = imagelist.read_text().split("\n")
+    lines[keep[5]] = f"{FILES[keep[5]][0]}\\{keep[5] + 1:04d}_7.jpg\r"
+    imagelist.write_text("\n".join(lines))
     for i in range(N):
         write_jpeg(raw / "images" / f"{i}.jpg", i)
     with pytest.raises(DatasetError) as e:
         prepare_nuswide(raw, tmp_path / "out")
-    _, keep, _ = expected(10)
     lines = str(e.value).split("\n")
     assert lines[0] == f"NUS-WIDE: {len(keep)} of {len(keep)} images are missing; the first 10:"
     assert lines[11] == (
