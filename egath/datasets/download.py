@@ -233,8 +233,8 @@ def fetch_dataset(name: str, raw_dir: str | os.PathLike, unpack: bool = True,
         try:
             download(entry["url"], archive, sha256=entry["sha256"], **download_kwargs)
         except DownloadError as e:
-            missing = [where_to_put(e2, folders, raw_dir) for e2 in needed[k:]
-                       if not (raw_dir / e2["name"]).exists()]
+            missing = [where_to_put(other, folders, raw_dir) for other in needed[k:]
+                       if not (raw_dir / other["name"]).exists()]
             raise DownloadError(f"{e}\nTo use copies you have (or to work offline), for each "
                                 f"file still missing:\n- " + "\n- ".join(missing) +
                                 "\nThen run again.") from e
