@@ -49,6 +49,10 @@ def main(argv=None) -> None:
     p.add_argument("--n-query", type=int, required=True)
     p.add_argument("--n-train", type=int, required=True)
     p.add_argument("--split-seed", type=int, required=True)
+    p.add_argument("--labels", help="labels.txt of the manifest (default: beside it)")
+    p.add_argument("--allow-empty-text", action="store_true",
+                   help="keep samples whose text has no word, as all-zero bag-of-words rows "
+                        "(the preparers' NUS-WIDE manifests have such samples)")
 
     p = sub.add_parser("features", help="pairs.h5 -> CLIP features HDF5")
     p.add_argument("pairs")
@@ -122,7 +126,8 @@ def main(argv=None) -> None:
     elif args.command == "pairs":
         from egath.datasets import build_pairs
         build_pairs(args.manifest, args.out, args.dataset, args.bow_dim, args.n_query, args.n_train,
-                    args.split_seed)
+                    args.split_seed, labels_path=args.labels,
+                    allow_empty_text=args.allow_empty_text)
     elif args.command == "features":
         from egath.devices import select_device
         from egath.features import extract_features

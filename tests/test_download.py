@@ -2,7 +2,9 @@
 
 import hashlib
 import io
+import logging
 import re
+import socket
 import tarfile
 import threading
 import zipfile
@@ -193,15 +195,69 @@ def test_extract_rejects_non_archive(tmp_path):
         extract(p, tmp_path / "out")
 
 
-def test_fetch_dataset_downloads_and_unpacks(server, tmp_path):
-    sources = {"toy": {"homepage": server, "instructions": "put images in {raw_dir}",
-                       "files": [{"name": "pack.zip", "url": f"{server}/pack.zip",
-                                  "sha256": None, "extract": True},
-                                 {"name": "images/", "url": None, "sha256": None,
-                                  "extract": False}]}}
-    got = fetch_dataset("toy", tmp_path, sources=sources, progress=False)
-    assert [p.name for p in got] == ["pack.zip"]
+def _toy_sources(url):
+    return {"toy": {"homepage": url, "instructions": "put images in {raw_dir}",
+                    "files": [{"name": "pack.zip", "url": f"{url}/pack.zip", "sha256": None,
+                               "extract": True, "unpacked": {"b.txt": ("pack/sub/b.txt",)}},
+                              {"name": "images/", "url": None, "sha256": None,
+                               "extract": False}]}}
+
+
+def test_fetch_dataset_downloads_and_unpacks_once(server, tmp_path):
+    sources = _toy_sources(server)
+    assert fetch_dataset("toy", tmp_path, sources=sources, progress=False) == \
+        {"pack.zip": "downloaded"}
     assert (tmp_path / "pack" / "sub" / "b.txt").read_bytes() == b"beta"
+    assert _Handler.log == [("/pack.zip", None)]
+    (tmp_path / "pack.zip").unlink()  # unpacked files are enough: no second request
+    assert fetch_dataset("toy", tmp_path, sources=sources, progress=False) == \
+        {"pack.zip": "unpacked in place"}
+    assert len(_Handler.log) == 1
+
+
+def closed_port_url() -> str:
+    """A URL on 127.0.0.1 where nothing listens: any request to it fails at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_archive_in_place_is_unpacked_not_fetched(tmp_path, caplog):
+    (tmp_path / "pack.zip").write_bytes(_zip_bytes({"pack/sub/b.txt": b"mine"}))
+    caplog.set_level(logging.INFO)
+    assert fetch_dataset("toy", tmp_path, sources=_toy_sources(closed_port_url()),
+                         progress=False) == {"pack.zip": "archive in place"}
+    assert (tmp_path / "pack" / "sub" / "b.txt").read_bytes() == b"mine"
+    assert "pack.zip already present" in caplog.text
+
+
+def test_offline_error_says_where_to_put_each_missing_file(tmp_path):
+    url = closed_port_url()
+    sources = {"nuswide": {**SOURCES["nuswide"], "files": [
+        {**entry, "url": entry["url"] and f"{url}/{entry['name']}"}
+        for entry in SOURCES["nuswide"]["files"]]}}
+    (tmp_path / "ImageList").mkdir()  # ImageList.zip's contents are in place
+    (tmp_path / "ImageList" / "Imagelist.txt").write_text("actor\\0001_2124494179.jpg\n")
+    with pytest.raises(DownloadError) as e:
+        fetch_dataset("nuswide", tmp_path, sources=sources, retries=0, progress=False)
+    msg = str(e.value)
+    assert msg.startswith(f"{url}/NUS_WID_Tags.zip: giving up after 1 attempts")
+    assert msg.split("\n")[1:] == [
+        "To use copies you have (or to work offline), for each file still missing:",
+        f"- put NUS_WID_Tags.zip in {tmp_path}, or unpack it there so that "
+        f"{tmp_path}/NUS_WID_Tags/TagList1k.txt (or TagList1k.txt), "
+        f"{tmp_path}/NUS_WID_Tags/AllTags1k.txt (or AllTags1k.txt), "
+        f"{tmp_path}/NUS_WID_Tags/All_Tags.txt (or All_Tags.txt) exist "
+        f"(also accepted inside NUS-WIDE/, nuswide/, NUS_WIDE/, Low-Level-Features/)",
+        f"- put Groundtruth.zip in {tmp_path}, or unpack it there so that "
+        f"{tmp_path}/Groundtruth/AllLabels (or AllLabels) exist "
+        f"(also accepted inside NUS-WIDE/, nuswide/, NUS_WIDE/, Low-Level-Features/)",
+        f"- put ConceptsList.zip in {tmp_path}, or unpack it there so that "
+        f"{tmp_path}/ConceptsList/Concepts81.txt (or Concepts81.txt, "
+        f"Groundtruth/Concepts81.txt) exist "
+        f"(also accepted inside NUS-WIDE/, nuswide/, NUS_WIDE/, Low-Level-Features/)",
+        "Then run again."]
 
 
 def test_sources_table_is_well_formed():

@@ -5,7 +5,9 @@ placeholders. Real file formats, real JPEGs."""
 
 import io
 import logging
+import os
 import shutil
+import tarfile
 from pathlib import Path
 
 import h5py
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from egath.cli import main
 from egath.datasets.images import PLACEHOLDER_MIN_COPIES
 from egath.datasets.manifest import build_pairs
 from egath.datasets.nuswide import photo_id, prepare_nuswide
@@ -48,12 +51,21 @@ LABELS, TAGS, FILES = _data()
 
 
 def raw_tags(i):
-    """Image i's line of All_Tags.txt after the photo id."""
+    """Image i's line of All_Tags.txt after the photo id: its tags of TagList1k.txt, and
+    for every third image one that is not listed there."""
     if i == SYMBOLS_ONLY:
         return "--- ###"
     if i == SEPARATOR_IN_TAG:
         return "new\u2028york"
-    return " ".join(n.upper() for n, v in zip(TAG_NAMES, TAGS[i]) if v)
+    return " ".join([n for n, v in zip(TAG_NAMES, TAGS[i]) if v] + [f"unlisted{i}"] * (i % 3 == 0))
+
+
+def has_listed_tag(i):
+    return bool(TAGS[i].any()) and i not in (SYMBOLS_ONLY, SEPARATOR_IN_TAG)
+
+
+def has_word(i):
+    return bool(TAGS[i].any() or i % 3 == 0) and i != SYMBOLS_ONLY
 
 
 def expected(k):
@@ -128,12 +140,28 @@ def nus_raw(tmp_path):
 
 # ----------------------------------------------------------------------------- layouts
 
-@pytest.mark.parametrize("layout", ["nested", "flat", "mirror folder"])
+def write_dchmt_layout(raw: Path) -> Path:
+    """The folders DCHMT's make_nuswide.py reads: Low-Level-Features/ImageList/,
+    Low-Level-Features/NUS_WID_Tags/, Low-Level-Features/Concepts81.txt,
+    nuswide/Groundtruth/AllLabels/ and the images in nuswide/Flickr/."""
+    features = raw / "Low-Level-Features"
+    write_official_files(features)
+    (features / "ConceptsList" / "Concepts81.txt").rename(features / "Concepts81.txt")
+    (raw / "nuswide").mkdir()
+    (features / "Groundtruth").rename(raw / "nuswide" / "Groundtruth")
+    write_imagelist_layout(raw / "nuswide")
+    return raw / "nuswide"
+
+
+@pytest.mark.parametrize("layout", ["nested", "flat", "mirror folder", "DCHMT's folders"])
 def test_official_layouts(tmp_path, layout, caplog):
     raw = tmp_path / "raw"
     root = raw / "NUS-WIDE" if layout == "mirror folder" else raw
-    write_official_files(root, flat=layout == "flat")
-    write_imagelist_layout(root)
+    if layout == "DCHMT's folders":
+        root = write_dchmt_layout(raw)
+    else:
+        write_official_files(root, flat=layout == "flat")
+        write_imagelist_layout(root)
     caplog.set_level(logging.INFO)
     counts = prepare_nuswide(raw, tmp_path / "out")
     names, keep, Y = expected(10)
@@ -149,7 +177,7 @@ def test_official_layouts(tmp_path, layout, caplog):
     assert counts["images_by_photo_id"] == 0
     assert counts["read"] == N and counts["kept"] == len(keep)
     check_total(counts)
-    prefix = "../raw/NUS-WIDE/" if layout == "mirror folder" else "../raw/"
+    prefix = "../" + str(root.relative_to(tmp_path)) + "/"
     assert rows[0][1] == f"{prefix}Flickr/{FILES[keep[0]][0]}/{FILES[keep[0]][1]}"
     assert f"found {len(keep) - by_name} by imagelist_path, {by_name} by file_name, " \
            f"0 by photo_id; 0 not found" in caplog.text
@@ -169,7 +197,7 @@ def test_protocols_keep_exactly_the_images_with_a_label(nus_raw, tmp_path, proto
     if protocol == "egath":
         empty = [i for i in keep if not TAGS[i].any()]
     else:
-        empty = [i for i in keep if not TAGS[i].any() or i == SYMBOLS_ONLY]
+        empty = [i for i in keep if not has_word(i)]
         # All_Tags.txt is split on "\n" only: U+2028 stays inside its tag's line
         assert texts[sample_id(SEPARATOR_IN_TAG)] == "new york"
         assert texts[sample_id(0)] == raw_tags(0)
@@ -208,7 +236,184 @@ def test_kept_empty_texts_become_all_zero_bag_of_words_rows(nus_raw, tmp_path):
             {f"tag{k}" for k in np.flatnonzero(TAGS[i])}
 
 
+def test_dchmt_empty_texts_are_those_without_a_tag_of_the_1k_list(nus_raw, tmp_path):
+    """iTomxy/data's make.clean.py (whose counts are 190,421 and 181,365) drops the images
+    with none of TagList1k's tags, not those with no tag at all."""
+    counts = prepare_nuswide(nus_raw, tmp_path / "out", protocol="dchmt", drop_empty_text=True)
+    _, keep, _ = expected(21)
+    dropped = [i for i in keep if not has_listed_tag(i)]
+    assert counts["dropped_empty_text"] == len(dropped) and counts["kept"] == len(keep) - len(dropped)
+    assert sum(has_word(i) for i in dropped) >= 2  # tags, but none of the list: dropped too
+    rows, _, _ = read_manifest(tmp_path / "out")
+    assert [r[0] for r in rows] == [sample_id(i) for i in keep if has_listed_tag(i)]
+    check_total(counts)
+
+
+def test_egath_pairs_keeps_empty_texts_on_request(nus_raw, tmp_path):
+    """The command line has the options of the config: --allow-empty-text, --labels."""
+    counts = prepare_nuswide(nus_raw, tmp_path / "out")
+    manifest, pairs = tmp_path / "out" / "manifest.tsv", tmp_path / "pairs.h5"
+    labels = tmp_path / "labels.txt"
+    (tmp_path / "out" / "labels.txt").rename(labels)
+    args = ["pairs", str(manifest), str(pairs), "--dataset", "nus", "--bow-dim", str(N_TAGS),
+            "--n-query", "5", "--n-train", "10", "--split-seed", "0", "--labels", str(labels)]
+    with pytest.raises(ValueError, match="has an empty text.*egath pairs --allow-empty-text"):
+        main(args)
+    main(args + ["--allow-empty-text"])
+    with h5py.File(pairs) as f:
+        assert f["bow"].shape[0] == counts["kept"]
+        assert int((f["bow"][:].sum(1) == 0).sum()) == counts["empty_text_kept"] > 0
+
+
+def test_a_tag_list_ending_in_blank_lines_is_read(nus_raw, tmp_path):
+    before = prepare_nuswide(nus_raw, tmp_path / "out")
+    tag_list = nus_raw / "NUS_WID_Tags" / "TagList1k.txt"
+    tags = tag_list.read_text().splitlines()
+    tag_list.write_text("\n".join(tags) + "\n\r\n\n")
+    assert prepare_nuswide(nus_raw, tmp_path / "out2") == before
+    assert (tmp_path / "out2" / "manifest.tsv").read_bytes() == \
+        (tmp_path / "out" / "manifest.tsv").read_bytes()
+    tag_list.write_text("\n".join(tags[:3] + [""] + tags[3:]) + "\n")
+    with pytest.raises(DatasetError) as e:
+        prepare_nuswide(nus_raw, tmp_path / "out3")
+    assert str(e.value) == f"corrupt {tag_list}: line 4 is blank, expected one tag a line"
+    tag_list.write_text("\n".join(tags + ["one_more"]) + "\n")
+    with pytest.raises(DatasetError) as e:
+        prepare_nuswide(nus_raw, tmp_path / "out3")
+    assert str(e.value) == (f"corrupt {nus_raw}/NUS_WID_Tags/AllTags1k.txt: line 1 holds "
+                            f"{N_TAGS} values, but {tag_list} lists {N_TAGS + 1} tags")
+
+
+def test_a_truncated_imagelist_is_named(nus_raw, tmp_path):
+    imagelist = nus_raw / "ImageList" / "Imagelist.txt"
+    lines = imagelist.read_bytes().split(b"\r\n")[:-1]
+    imagelist.write_bytes(b"\r\n".join(lines[:-3]) + b"\r\n")
+    with pytest.raises(DatasetError) as e:
+        prepare_nuswide(nus_raw, tmp_path / "out")
+    assert str(e.value) == (
+        f"{imagelist} has {N - 3} lines, but each of the {N_CONCEPTS} label files in "
+        f"{nus_raw}/Groundtruth/AllLabels has {N} values (the official Imagelist.txt has "
+        f"269,648 lines, one per value): Imagelist.txt is truncated or from another copy")
+
+
+@pytest.mark.parametrize("given", ["parent", "Flickr", "absent"])
+def test_a_wrong_raw_folder_is_named(nus_raw, tmp_path, given):
+    folder = {"parent": tmp_path, "Flickr": nus_raw / "Flickr", "absent": tmp_path / "raw2"}[given]
+    with pytest.raises(DatasetError) as e:
+        prepare_nuswide(folder, tmp_path / "out")
+    last = str(e.value).split("\n")[-2]  # before the line on downloading the official files
+    if given == "absent":
+        assert last == f"The folder {folder} does not exist."
+    elif given == "parent":
+        assert last == (f"{nus_raw}/ImageList/Imagelist.txt exists: {nus_raw} is one level "
+                        f"inside {folder}. The files belong directly in the raw folder: move "
+                        f"its contents into {folder}, or name {nus_raw} as the raw folder.")
+    else:
+        assert last == (f"{nus_raw}/ImageList/Imagelist.txt exists: {nus_raw} is the folder "
+                        f"above {folder}. The files belong directly in the raw folder: name "
+                        f"{nus_raw} as the raw folder.")
+    assert not (tmp_path / "out").exists()
+
+
 # ----------------------------------------------------------------------------- image copies
+
+def test_copy_named_by_photo_id_alone(tmp_path, caplog):
+    """coco-cn's NUS-WIDE images and flat copies name a file after its photo id alone."""
+    raw = tmp_path / "raw"
+    write_official_files(raw)
+    for i in range(N):
+        if i != TWICE:  # one file for the photo listed twice
+            write_jpeg(raw / "nuswide100" / f"{photo_id(FILES[i][1])}.jpg", i)
+    caplog.set_level(logging.INFO)
+    counts = prepare_nuswide(raw, tmp_path / "out")
+    _, keep, _ = expected(10)
+    assert (counts["images_by_imagelist_path"], counts["images_by_file_name"],
+            counts["images_by_photo_id"], counts["kept"]) == (0, 0, len(keep), len(keep))
+    assert f"{N - 1} image files under {raw}; of the {len(keep)} images needed, found 0 by " \
+           f"imagelist_path, 0 by file_name, {len(keep)} by photo_id; 0 not found" in caplog.text
+    paths = {r[0]: r[1] for r in read_manifest(tmp_path / "out")[0]}
+    assert paths[sample_id(keep[0])] == f"../raw/nuswide100/{photo_id(FILES[keep[0]][1])}.jpg"
+    assert paths[sample_id(TWICE)] == paths[sample_id(TWICE - 1)]
+
+
+@pytest.mark.parametrize("first_row", [0, 1])
+def test_links_named_by_row_are_found_by_their_target(tmp_path, first_row):
+    """A folder of links images/<row>.jpg to the Imagelist layout elsewhere (as iTomxy/data's
+    make.image.link.py makes, from 0); counted from 1 it works as well."""
+    raw, copy = tmp_path / "raw", tmp_path / "copy"
+    write_official_files(raw)
+    (raw / "images").mkdir()
+    for i, (c, f) in enumerate(FILES):
+        write_jpeg(copy / "Flickr" / c / f, i)
+        (raw / "images" / f"{i + first_row}.jpg").symlink_to(copy / "Flickr" / c / f)
+    counts = prepare_nuswide(raw, tmp_path / "out")
+    _, keep, _ = expected(10)
+    assert counts["images_by_imagelist_path"] == counts["kept"] == len(keep)
+    paths = {r[0]: r[1] for r in read_manifest(tmp_path / "out")[0]}
+    for i in keep:
+        assert paths[sample_id(i)] == f"../raw/images/{i + first_row}.jpg"
+        assert os.path.realpath(tmp_path / "out" / paths[sample_id(i)]) == \
+            str((copy / "Flickr" / FILES[i][0] / FILES[i][1]).resolve())
+
+
+def test_files_named_by_row_are_named_not_guessed(tmp_path):
+    raw = tmp_path / "raw"
+    write_official_files(raw)
+    _, keep, _ = expected(10)
+    # one photo id of the list is 7, and images/7.jpg is row 7's image, not that photo
+    imagelist = raw / "ImageList" / "Imagelist.txt"
+    lines = imagelist.read_text().split("\n")
+    lines[keep[5]] = f"{FILES[keep[5]][0]}\\{keep[5] + 1:04d}_7.jpg\r"
+    imagelist.write_text("\n".join(lines))
+    for i in range(N):
+        write_jpeg(raw / "images" / f"{i}.jpg", i)
+    with pytest.raises(DatasetError) as e:
+        prepare_nuswide(raw, tmp_path / "out")
+    lines = str(e.value).split("\n")
+    assert lines[0] == f"NUS-WIDE: {len(keep)} of {len(keep)} images are missing; the first 10:"
+    assert lines[11] == (
+        f"{N} image files (e.g. {raw}/images/0.jpg) in {raw}/images are named by a number that "
+        f"is no Flickr photo id of Imagelist.txt: numbered by row of Imagelist.txt? Such files "
+        f"cannot be matched safely (counted from 0 or from 1?) and are not used. Make them links "
+        f"to the images named as in Imagelist.txt (links are matched by their target), or use "
+        f"the copy they were made from.")
+
+
+def test_no_image_found_is_an_error_even_when_missing_images_are_allowed(tmp_path):
+    raw = tmp_path / "raw"
+    write_official_files(raw)
+    write_jpeg(raw / "images" / "unrelated.jpg", 0)
+    with pytest.raises(DatasetError) as e:
+        prepare_nuswide(raw, tmp_path / "out", allow_missing_images=True)
+    _, keep, _ = expected(10)
+    assert str(e.value).split("\n")[0] == (
+        f"NUS-WIDE (egath): none of the {N} samples read is kept (dropped_no_label="
+        f"{N - len(keep)}, dropped_missing_image={len(keep)}). allow_missing_images drops the "
+        f"samples whose image is missing, but an empty set is an error, not a dataset.")
+    assert not (tmp_path / "out").exists()
+
+
+def test_images_still_in_an_archive_are_named(tmp_path):
+    raw = tmp_path / "raw"
+    write_official_files(raw)
+    write_imagelist_layout(tmp_path / "stage")
+    (raw / "ImageList.zip").write_bytes(b"PK")  # an official archive: holds no image
+    with tarfile.open(raw / "Flickr.tar", "w") as tf:
+        tf.add(tmp_path / "stage" / "Flickr", "Flickr")
+        tf.add(tmp_path / "stage" / "images", "images")
+    with pytest.raises(DatasetError) as e:
+        prepare_nuswide(raw, tmp_path / "out")
+    _, keep, _ = expected(10)
+    lines = str(e.value).split("\n")
+    assert lines[0] == f"NUS-WIDE: {len(keep)} of {len(keep)} images are missing; the first 10:"
+    size = (raw / "Flickr.tar").stat().st_size
+    assert lines[11] == (f"Still packed under {raw}: {raw}/Flickr.tar ({size:,} bytes). Images "
+                         f"inside an archive are not read: unpack it in {raw} (e.g. tar -xf "
+                         f"{raw}/Flickr.tar -C {raw}, or unzip for a .zip).")
+    with tarfile.open(raw / "Flickr.tar") as tf:
+        tf.extractall(raw, filter="data")
+    assert prepare_nuswide(raw, tmp_path / "out")["kept"] == len(keep)
+
 
 def test_photo_id_named_copy(tmp_path, caplog):
     """A flat copy named after Flickr's URLs, as HashNet's nus_wide.tar.gz; one image in the
@@ -271,6 +476,18 @@ def test_photo_id_held_by_several_files_takes_the_first_in_path_order(tmp_path, 
     assert dict((r[0], r[1]) for r in rows)[sample_id(i)].startswith("../raw/big/")
     assert "1 images were found by a photo id that several files carry" in caplog.text
     assert photo_id(FILES[i][1]) in caplog.text
+
+
+def test_a_shared_photo_id_listed_twice_is_named_once(tmp_path, caplog):
+    raw = tmp_path / "raw"
+    write_official_files(raw)
+    write_photo_id_copy(raw / "small")
+    pid = photo_id(FILES[TWICE][1])
+    write_jpeg(raw / "big" / f"{pid}.jpg", 99)
+    prepare_nuswide(raw, tmp_path / "out")
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warning == ("NUS-WIDE: 2 images were found by a photo id that several files carry; "
+                       f"the first file in path order was used (1 photo ids: {pid})")
 
 
 def test_copy_with_placeholder_images(tmp_path, caplog):

@@ -3,6 +3,7 @@ layouts (real file names and formats, real JPEGs); NUS-WIDE: test_nuswide.py."""
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,19 @@ def test_mirflickr_missing_image(mir_raw, tmp_path):
     check_total(counts)
 
 
+def test_mirflickr_without_images_is_an_error_even_when_missing_images_are_allowed(mir_raw,
+                                                                                   tmp_path):
+    for image in (mir_raw / "mirflickr").glob("im*.jpg"):
+        image.unlink()
+    with pytest.raises(DatasetError) as e:
+        prepare_mirflickr25k(mir_raw, tmp_path / "out", allow_missing_images=True)
+    assert str(e.value).split("\n")[0] == (
+        f"MIRFlickr25K: none of the {N_MIR} samples read is kept (dropped_no_label=5, "
+        f"dropped_no_frequent_tag=20, dropped_missing_image=15). allow_missing_images drops the "
+        f"samples whose image is missing, but an empty set is an error, not a dataset.")
+    assert not (tmp_path / "out").exists()
+
+
 def test_mirflickr_bad_annotations(mir_raw, tmp_path):
     ann = mir_raw / "mirflickr25k_annotations_v080"
     (ann / "dog.txt").unlink()
@@ -186,8 +200,23 @@ def test_mirflickr_bad_annotations(mir_raw, tmp_path):
 def test_mirflickr_missing_folders(tmp_path):
     with pytest.raises(DatasetError, match="mirflickr"):
         prepare_mirflickr25k(tmp_path / "nothing", tmp_path / "out")
+    with pytest.raises(DatasetError, match=f"The folder {tmp_path}/nothing does not exist"):
+        prepare_mirflickr25k(tmp_path / "nothing", tmp_path / "out")
     with pytest.raises(ValueError):
         prepare_mirflickr25k(tmp_path, tmp_path / "out", protocol="bogus")
+
+
+def test_mirflickr_in_a_folder_one_level_down_is_named(mir_raw, tmp_path):
+    (tmp_path / "copy").mkdir()
+    mir_raw.rename(tmp_path / "copy" / "mirflickr25k_v3b")
+    mir_raw.mkdir()
+    with pytest.raises(DatasetError) as e:
+        prepare_mirflickr25k(mir_raw.parent, tmp_path / "out")
+    found = tmp_path / "copy" / "mirflickr25k_v3b"
+    assert str(e.value).split("\n")[-2] == (
+        f"{found}/mirflickr/meta/tags exists: {found} is two levels inside {mir_raw.parent}. "
+        f"The files belong directly in the raw folder: move its contents into "
+        f"{mir_raw.parent}, or name {found} as the raw folder.")
 
 
 # ----------------------------------------------------------------------------- MS-COCO
@@ -277,3 +306,16 @@ def test_coco_errors(tmp_path):
     (raw / "annotations" / "instances_train2014.json").unlink()
     with pytest.raises(DatasetError, match="missing COCO annotation file instances_train2014"):
         prepare_coco(raw, tmp_path / "out")
+
+
+def test_coco_without_images_is_an_error_even_when_missing_images_are_allowed(tmp_path):
+    raw, _ = _coco_raw(tmp_path, 2014)
+    shutil.rmtree(raw / "train2014")
+    shutil.rmtree(raw / "val2014")
+    with pytest.raises(DatasetError) as e:
+        prepare_coco(raw, tmp_path / "out", allow_missing_images=True)
+    assert str(e.value).split("\n")[0] == (
+        "MS-COCO 2014: none of the 20 samples read is kept (dropped_no_instance=3, "
+        "dropped_no_caption=2, dropped_missing_image=15). allow_missing_images drops the "
+        "samples whose image is missing, but an empty set is an error, not a dataset.")
+    assert not (tmp_path / "out").exists()

@@ -1,7 +1,7 @@
-"""The real-dataset branch of the workflow on miniatures whose archives are already in place:
-download_dataset must reuse them (no network) and unpack them, and prepare_dataset,
-build_pairs (and for MIRFlickr25K the later stages) run on the result; the dataset options
-allow_missing_images and allow_empty_text reach their rules."""
+"""The real-dataset branch of the workflow on miniatures whose archives, or their unpacked
+files, are already in place: download_dataset must use them (no network) and unpack the
+archives, and prepare_dataset, build_pairs (and for MIRFlickr25K the later stages) run on
+the result; the dataset options allow_missing_images and allow_empty_text reach their rules."""
 from __future__ import annotations
 
 import csv
@@ -15,8 +15,10 @@ from PIL import Image
 
 from egath.datasets.mirflickr import MIRFLICKR_LABELS
 from egath.datasets.text import EMPTY_TEXT_PLACEHOLDER
-from test_nuswide import (N_TAGS, TAGS, expected, photo_copy_name, placeholder_bytes,
-                          write_official_files, write_photo_id_copy)
+from test_download import closed_port_url
+from test_nuswide import (N_TAGS, TAGS, expected, photo_copy_name, placeholder_bytes, sample_id,
+                          write_imagelist_layout, write_official_files, write_photo_id_copy)
+from test_real_datasets import _coco_raw
 from test_workflow import TINY_CONFIG, snakemake, write_config
 
 pytestmark = pytest.mark.workflow
@@ -147,3 +149,56 @@ def test_empty_text_in_own_manifest_needs_the_option(tmp_path):
     snakemake(tmp_path, "--cores", "1", "results/own/pairs.h5", config=config)
     with h5py.File(tmp_path / "results/own/pairs.h5") as pairs:
         assert (pairs["bow"][::4] == 0).all() and pairs["bow"].shape[0] == 12
+
+
+def test_unpacked_files_of_all_three_datasets_are_used_offline(tmp_path, monkeypatch):
+    """Every request goes to a proxy on a closed port: a download attempted would fail the
+    run. The files of each dataset are already unpacked (no archive anywhere)."""
+    resources = tmp_path / "resources"
+    write_archives(resources / "mirflickr25k/raw")
+    for archive in sorted((resources / "mirflickr25k/raw").glob("*.zip")):
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(archive.parent)
+        archive.unlink()
+    write_official_files(resources / "nuswide/raw/NUS-WIDE")
+    write_imagelist_layout(resources / "nuswide/raw/NUS-WIDE")
+    coco_raw, _ = _coco_raw(tmp_path, 2014)
+    (resources / "coco").mkdir()
+    coco_raw.rename(resources / "coco/raw")  # the miniature of test_real_datasets: 15 pairs
+    proxy = closed_port_url()
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, proxy)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    split = {"split_seed": 6, "bow_dim": 5}
+    config = {**TINY_CONFIG, "datasets": {
+        "mirflickr25k": {"source": "mirflickr25k", "n_query": 6, "n_train": 20, **split},
+        "nuswide": {"source": "nuswide", "n_query": 5, "n_train": 20, **split},
+        "coco": {"source": "coco", "n_query": 3, "n_train": 8, **split}}}
+    snakemake(tmp_path, "--cores", "1", *(f"results/{d}/pairs.h5" for d in config["datasets"]),
+              config=write_config(tmp_path / "three.yaml", config))
+
+    unpacked = {"mirflickr25k": ["mirflickr25k.zip", "mirflickr25k_annotations_v080.zip"],
+                "nuswide": ["ImageList.zip", "NUS_WID_Tags.zip", "Groundtruth.zip",
+                            "ConceptsList.zip"],
+                "coco": ["annotations_trainval2014.zip", "train2014.zip", "val2014.zip"]}
+    for dataset, archives in unpacked.items():
+        log = (tmp_path / f"logs/download_dataset/{dataset}.log").read_text()
+        for archive in archives:
+            assert f"{archive}: its files are in place, so it is neither downloaded nor " \
+                   f"unpacked" in log
+        assert "retrying" not in log and "egath.datasets.download: downloaded" not in log
+        assert (resources / dataset / "raw/download.done").read_text() == \
+            "".join(f"{archive}\tunpacked in place\n" for archive in archives)
+        assert not list((resources / dataset / "raw").glob("*.zip"))
+    assert "ImageList.zip: its files are in place, so it is neither downloaded nor unpacked: " \
+           "resources/nuswide/raw/NUS-WIDE/ImageList/Imagelist.txt\n" in \
+        (tmp_path / "logs/download_dataset/nuswide.log").read_text()
+
+    _, keep, _ = expected(10)
+    ids = {"mirflickr25k": [f"im{i}" for i in range(1, N_IMAGES + 1) if labels_of(i)],
+           "nuswide": [sample_id(i) for i in keep], "coco": 15}
+    for dataset, want in ids.items():
+        with h5py.File(tmp_path / f"results/{dataset}/pairs.h5") as pairs:
+            got = [s.decode() for s in pairs["ids"][:]]
+        assert got == want if isinstance(want, list) else len(got) == want

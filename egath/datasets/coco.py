@@ -21,9 +21,9 @@ import json
 import logging
 from pathlib import Path
 
-from egath.datasets.download import SOURCES
 from egath.datasets.raw import (DatasetError, check_images, clean_text, log_counts,
-                               manifest_image_path, require_file, write_manifest)
+                               manifest_image_path, require_some_kept, write_manifest)
+from egath.datasets.sources import SOURCES, find_member
 from egath.datasets.text import is_empty_text
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,8 @@ PROTOCOLS = {"egath": 2014, "dchmt": 2017}
 SPLITS = ("train", "val")
 
 
-def _load_json(path: Path, keys: tuple[str, ...], hint: str) -> dict:
-    require_file(path, "COCO annotation file " + path.name, hint)
+def _load_json(raw_dir: Path, year: int, name: str, keys: tuple[str, ...], hint: str) -> dict:
+    path = find_member(f"coco{year}", raw_dir, name, f"COCO annotation file {name}", hint)
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -60,14 +60,14 @@ def prepare_coco(raw_dir, out_dir, protocol: str = "egath", *, captions: str | N
     year = PROTOCOLS[protocol]
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     hint = SOURCES[f"coco{year}"]["instructions"].format(raw_dir=raw_dir)
-    ann = raw_dir / "annotations"
 
     categories: dict[int, str] | None = None
     samples = []  # (stem, image path, category ids, caption list)
     for split in SPLITS:
-        inst = _load_json(ann / f"instances_{split}{year}.json",
+        inst = _load_json(raw_dir, year, f"instances_{split}{year}.json",
                           ("images", "annotations", "categories"), hint)
-        caps = _load_json(ann / f"captions_{split}{year}.json", ("images", "annotations"), hint)
+        caps = _load_json(raw_dir, year, f"captions_{split}{year}.json", ("images", "annotations"),
+                          hint)
         try:
             cats = {int(c["id"]): str(c["name"]) for c in inst["categories"]}
             labels: dict[int, set[int]] = {}
@@ -117,5 +117,6 @@ def prepare_coco(raw_dir, out_dir, protocol: str = "egath", *, captions: str | N
     rows = [(sid, manifest_image_path(img, out_dir, absolute_paths), text, labels)
             for (sid, img, text, labels), ok in zip(candidates, present) if ok]
     counts["dropped_missing_image"] = len(candidates) - len(rows)
+    require_some_kept(f"MS-COCO {year}", len(rows), counts, hint)
     counts["kept"] = write_manifest(out_dir, rows, names)
     return log_counts(f"MS-COCO {year} ({protocol})", counts)

@@ -1,9 +1,5 @@
-"""Downloading and unpacking the original dataset archives.
-
-`SOURCES` lists, per dataset, the official files with their URLs. No checksum is published
-by the dataset owners, so `sha256` is None unless it is known for certain; pass your own
-to `download` to pin a copy you trust.
-"""
+"""Downloading and unpacking the original dataset archives (listed in sources.SOURCES),
+unless their contents are already on disk."""
 
 from __future__ import annotations
 
@@ -19,82 +15,9 @@ import zipfile
 from pathlib import Path
 
 from egath.datasets.raw import DatasetError
+from egath.datasets.sources import SOURCES, unpacked_in_place, where_to_put
 
 log = logging.getLogger(__name__)
-
-NUSWIDE_IMAGES_INSTRUCTIONS = """\
-NUS-WIDE's 269,648 Flickr images are given out by NUS on request (the agreement form on the
-NUS-WIDE page; NUS-WIDE-urls.rar lists the original Flickr URLs, many now dead). Copies also
-circulate, e.g. HashNet's nus_wide.tar.gz (223,496 images named
-<n>_<Flickr photo id>_<secret>_m.jpg). Put the images anywhere under {raw_dir} (a symlinked
-folder works); each image of ImageList/Imagelist.txt is found
-  1. by its Imagelist path, e.g. {raw_dir}/Flickr/actor/0001_2124494179.jpg,
-  2. else by its file name in any folder, e.g. {raw_dir}/images/0001_2124494179.jpg,
-  3. else by its Flickr photo id (the second "_" field of a file name), e.g.
-     {raw_dir}/images/27863_2124494179_90ee058136_m.jpg."""
-
-_MIR = "http://press.liacs.nl/mirflickr/mirflickr25k.v3b/"
-_NUS = "https://lms.comp.nus.edu.sg/wp-content/uploads/2019/research/nuswide/"
-_COCO = "http://images.cocodataset.org/"
-
-SOURCES: dict[str, dict] = {
-    "mirflickr25k": {
-        "homepage": "https://press.liacs.nl/mirflickr/mirdownload.html",
-        "files": [
-            {"name": "mirflickr25k.zip", "url": _MIR + "mirflickr25k.zip", "sha256": None,
-             "extract": True},
-            {"name": "mirflickr25k_annotations_v080.zip",
-             "url": _MIR + "mirflickr25k_annotations_v080.zip", "sha256": None,
-             "extract": True},
-        ],
-        "instructions": "Unpack both archives in {raw_dir}: mirflickr/ (images, meta/tags, "
-                        "doc/common_tags.txt) and mirflickr25k_annotations_v080/.",
-    },
-    "nuswide": {
-        "homepage": "https://lms.comp.nus.edu.sg/wp-content/uploads/2019/research/nuswide/NUS-WIDE.html",
-        "files": [
-            {"name": "ImageList.zip", "url": _NUS + "ImageList.zip", "sha256": None,
-             "extract": True},
-            {"name": "NUS_WID_Tags.zip", "url": _NUS + "NUS_WID_Tags.zip", "sha256": None,
-             "extract": True},
-            {"name": "Groundtruth.zip", "url": _NUS + "Groundtruth.zip", "sha256": None,
-             "extract": True},
-            {"name": "ConceptsList.zip", "url": _NUS + "ConceptsList.zip", "sha256": None,
-             "extract": True},
-            # .rar: kept as a reference for fetching images, not unpacked here.
-            {"name": "NUS-WIDE-urls.rar", "url": _NUS + "NUS-WIDE-urls.rar", "sha256": None,
-             "extract": False},
-            {"name": "Flickr/", "url": None, "sha256": None, "extract": False},
-        ],
-        "instructions": NUSWIDE_IMAGES_INSTRUCTIONS,
-    },
-    "coco2014": {
-        "homepage": "https://cocodataset.org/#download",
-        "files": [
-            {"name": "annotations_trainval2014.zip",
-             "url": _COCO + "annotations/annotations_trainval2014.zip", "sha256": None,
-             "extract": True},
-            {"name": "train2014.zip", "url": _COCO + "zips/train2014.zip", "sha256": None,
-             "extract": True},
-            {"name": "val2014.zip", "url": _COCO + "zips/val2014.zip", "sha256": None,
-             "extract": True},
-        ],
-        "instructions": "Unpack in {raw_dir}: annotations/, train2014/, val2014/.",
-    },
-    "coco2017": {
-        "homepage": "https://cocodataset.org/#download",
-        "files": [
-            {"name": "annotations_trainval2017.zip",
-             "url": _COCO + "annotations/annotations_trainval2017.zip", "sha256": None,
-             "extract": True},
-            {"name": "train2017.zip", "url": _COCO + "zips/train2017.zip", "sha256": None,
-             "extract": True},
-            {"name": "val2017.zip", "url": _COCO + "zips/val2017.zip", "sha256": None,
-             "extract": True},
-        ],
-        "instructions": "Unpack in {raw_dir}: annotations/, train2017/, val2017/.",
-    },
-}
 
 
 class DownloadError(RuntimeError):
@@ -276,25 +199,46 @@ def source_key(source: str, protocol: str) -> str:
 
 
 def fetch_dataset(name: str, raw_dir: str | os.PathLike, unpack: bool = True,
-                  sources: dict | None = None, **download_kwargs) -> list[Path]:
-    """Download (and unpack) every file of `SOURCES[name]` that has a URL into `raw_dir`.
+                  sources: dict | None = None, **download_kwargs) -> dict[str, str]:
+    """Make the files of `SOURCES[name]` available under `raw_dir`; return how each was
+    found: "unpacked in place", "archive in place" or "downloaded".
 
-    Returns the downloaded archives. Files without a URL (NUS-WIDE images) are only
+    An archive whose members are already unpacked there (`sources.unpacked_in_place`) is
+    neither downloaded nor unpacked; one whose archive is there is unpacked, not fetched.
+    Only the others are downloaded; when a download fails (offline), DownloadError says
+    where to put each file still missing. Files without a URL (NUS-WIDE's images) are only
     reported, with the instructions of `SOURCES[name]`.
     """
     table = (sources or SOURCES)[name]
+    folders = table.get("folders", ("",))
     raw_dir = Path(raw_dir)
-    got = []
+    how: dict[str, str] = {}
+    needed = []
     for entry in table["files"]:
         if entry["url"] is None:
             log.warning("%s has no download URL:\n%s", entry["name"],
                         table["instructions"].format(raw_dir=raw_dir))
             continue
-        path = download(entry["url"], raw_dir / entry["name"], sha256=entry["sha256"],
-                        **download_kwargs)
-        stamp = raw_dir / f".{entry['name']}.extracted"
-        if unpack and entry.get("extract") and not stamp.exists():
-            extract(path, raw_dir)
-            stamp.touch()
-        got.append(path)
-    return got
+        found = unpacked_in_place(entry, folders, raw_dir)
+        if found:
+            how[entry["name"]] = "unpacked in place"
+            log.info("%s: its files are in place, so it is neither downloaded nor unpacked: %s",
+                     entry["name"], ", ".join(str(p) for p in found))
+        else:
+            needed.append(entry)
+    for k, entry in enumerate(needed):
+        archive = raw_dir / entry["name"]
+        if archive.exists():  # download() only checks it (and its sha256, when pinned)
+            how[entry["name"]] = "archive in place"
+        try:
+            download(entry["url"], archive, sha256=entry["sha256"], **download_kwargs)
+        except DownloadError as e:
+            missing = [where_to_put(other, folders, raw_dir) for other in needed[k:]
+                       if not (raw_dir / other["name"]).exists()]
+            raise DownloadError(f"{e}\nTo use copies you have (or to work offline), for each "
+                                f"file still missing:\n- " + "\n- ".join(missing) +
+                                "\nThen run again.") from e
+        how.setdefault(entry["name"], "downloaded")
+        if unpack and entry["extract"]:
+            extract(archive, raw_dir)
+    return how

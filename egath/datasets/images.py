@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif")
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip", ".rar", ".7z")
 # Identical bytes behind at least this many images mark a placeholder. NUS-WIDE's
 # Imagelist.txt names a photo at most twice (six photo ids twice: iTomxy/data,
 # nuswide/check.duplication.py), so one file may rightly serve two images; behind ten it is
@@ -29,6 +30,13 @@ def walk_images(root: Path) -> list[Path]:
         dirs.sort()
         found += [Path(folder, f) for f in sorted(files) if f.lower().endswith(IMAGE_SUFFIXES)]
     return found
+
+
+def find_archives(root: Path, skip: set[str]) -> list[Path]:
+    """Archives under `root` (symlinked folders not followed), but those named in `skip`:
+    a copy of the images may still be packed."""
+    return [Path(folder, f) for folder, dirs, files in sorted(os.walk(root))
+            for f in sorted(files) if f.lower().endswith(ARCHIVE_SUFFIXES) and f not in skip]
 
 
 def _sha256(path: Path) -> str:

@@ -81,8 +81,9 @@ def read_manifest(manifest_path: str | Path, labels_path: str | Path | None = No
         if not allow_empty_text and not tokenize(text):
             raise ValueError(f"{where}: sample {sample_id!r} has an empty text {text!r}: "
                              f"{EMPTY_TEXT_RULE}. Give it a text, or set allow_empty_text "
-                             f"(config: `allow_empty_text: true` for the dataset) to keep it "
-                             f"with an all-zero bag-of-words row")
+                             f"(config: `allow_empty_text: true` for the dataset; command: "
+                             f"egath pairs --allow-empty-text) to keep it with an all-zero "
+                             f"bag-of-words row")
         names = [name.strip() for name in labels.split(",") if name.strip()]
         if not names:
             raise ValueError(f"{where}: sample {sample_id!r} has no labels")

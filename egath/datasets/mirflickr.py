@@ -28,9 +28,9 @@ import logging
 import re
 from pathlib import Path
 
-from egath.datasets.download import SOURCES
-from egath.datasets.raw import (DatasetError, check_images, find_first, log_counts,
-                               manifest_image_path, require_file, write_manifest)
+from egath.datasets.raw import (DatasetError, check_images, log_counts, manifest_image_path,
+                               require_file, require_some_kept, write_manifest)
+from egath.datasets.sources import SOURCES, find_member
 from egath.datasets.text import is_empty_text, read_lines
 
 log = logging.getLogger(__name__)
@@ -109,16 +109,12 @@ def prepare_mirflickr25k(raw_dir, out_dir, protocol: str = "egath", *, min_tag_c
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     hint = _HINT.format(raw_dir=raw_dir)
-    base = find_first([raw_dir / "mirflickr", raw_dir / "mirflickr25k" / "mirflickr"],
-                      "MIRFlickr image folder (mirflickr/)", hint)
-    tag_dir = base / "meta" / "tags"
-    if not tag_dir.is_dir():
-        raise DatasetError(f"missing MIRFlickr tag folder: {tag_dir}\n{hint}")
-    ann_dir = find_first(
-        [d for d in (raw_dir / "mirflickr25k_annotations_v080", raw_dir / "annotations",
-                     raw_dir / "mirflickr25k" / "mirflickr25k_annotations_v080", raw_dir)
-         if (d / "animals.txt").is_file()] or [raw_dir / "mirflickr25k_annotations_v080"],
-        "MIRFlickr annotation folder (mirflickr25k_annotations_v080/)", hint)
+    tag_dir = find_member("mirflickr25k", raw_dir, "meta/tags",
+                          "MIRFlickr tag folder (mirflickr/meta/tags/)", hint)
+    base = tag_dir.parent.parent
+    ann_dir = find_member("mirflickr25k", raw_dir, "animals.txt",
+                          "MIRFlickr annotation folder (mirflickr25k_annotations_v080/)", hint
+                          ).parent
 
     tags: dict[int, list[str]] = {}
     for p in tag_dir.iterdir():
@@ -168,6 +164,7 @@ def prepare_mirflickr25k(raw_dir, out_dir, protocol: str = "egath", *, min_tag_c
     rows = [(f"im{i}", manifest_image_path(img, out_dir, absolute_paths), text, labels)
             for (i, img, text, labels), ok in zip(candidates, present) if ok]
     counts["dropped_missing_image"] = len(candidates) - len(rows)
+    require_some_kept("MIRFlickr25K", len(rows), counts, hint)
     counts["kept"] = write_manifest(out_dir, rows, MIRFLICKR_LABELS)
     counts["empty_text_kept"] = sum(1 for r in rows if is_empty_text(r[2]))
     return log_counts(f"MIRFlickr25K ({protocol})", counts)

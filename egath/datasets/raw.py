@@ -23,13 +23,44 @@ def require_file(path: Path, what: str, hint: str = "") -> Path:
     return path
 
 
-def find_first(candidates: Iterable[Path], what: str, hint: str = "") -> Path:
-    cands = list(candidates)
-    for c in cands:
-        if c.exists():
-            return c
+def is_present(path: Path) -> bool:
+    """A file, or a folder with something in it (an empty folder holds no unpacked files)."""
+    return path.is_file() or (path.is_dir() and any(path.iterdir()))
+
+
+def _neighbours(raw_dir: Path) -> list[tuple[Path, str]]:
+    """Folders a user may have meant instead of raw_dir: inside it (two levels), then above."""
+    inside = sorted(d for d in raw_dir.iterdir() if d.is_dir())
+    deeper = sorted(d for folder in inside for d in folder.iterdir() if d.is_dir())
+    return ([(d, "one level inside") for d in inside] + [(d, "two levels inside") for d in deeper]
+            + [(raw_dir.parent, "the folder above"), (raw_dir.parent.parent, "two folders above")])
+
+
+def wrong_folder_hint(raw_dir: Path, relative: Sequence[str]) -> str:
+    """Why nothing of `relative` is under raw_dir, when that can be told: the folder does not
+    exist, or the files are in a folder next to it."""
+    if not raw_dir.is_dir():
+        return f"The folder {raw_dir} does not exist."
+    for base, how in _neighbours(raw_dir.resolve()):
+        found = next((base / rel for rel in relative if is_present(base / rel)), None)
+        if found is not None:
+            fix = (f"move its contents into {raw_dir}, or name {base} as the raw folder"
+                   if how.endswith("inside") else f"name {base} as the raw folder")
+            return f"{found} exists: {base} is {how} {raw_dir}. The files belong directly " \
+                   f"in the raw folder: {fix}."
+    return ""
+
+
+def locate(raw_dir: Path, relative: Sequence[str], what: str, hint: str = "") -> Path:
+    """The first of `relative` (paths under raw_dir) that is present; else DatasetError naming
+    every place looked at, and where the files are when raw_dir is the wrong folder."""
+    for rel in relative:
+        if is_present(raw_dir / rel):
+            return raw_dir / rel
+    notes = [n for n in (wrong_folder_hint(raw_dir, relative), hint) if n]
     raise DatasetError(f"missing {what}; looked for:\n  " +
-                       "\n  ".join(str(c) for c in cands) + (f"\n{hint}" if hint else ""))
+                       "\n  ".join(str(raw_dir / rel) for rel in relative) +
+                       "".join(f"\n{n}" for n in notes))
 
 
 def clean_text(text: str) -> str:
@@ -55,6 +86,18 @@ def report_unusable(images: Sequence[str], total: int, problem: str, allow: bool
             f"in the dataset's config, or allow_missing_images=True) to drop these samples; "
             f"the pair count then falls below the protocol's.")
     log.warning("%s\nThese samples are dropped (allow_missing_images).", head)
+
+
+def require_some_kept(dataset: str, n_kept: int, counts: dict, instructions: str) -> None:
+    """Zero pairs is never a dataset, whatever allow_missing_images says: stop, with what
+    was dropped and why."""
+    if n_kept:
+        return
+    dropped = ", ".join(f"{k}={v}" for k, v in counts.items() if k.startswith("dropped_") and v)
+    raise DatasetError(
+        f"{dataset}: none of the {counts['read']} samples read is kept ({dropped}). "
+        f"allow_missing_images drops the samples whose image is missing, but an empty set is "
+        f"an error, not a dataset.\n{instructions}")
 
 
 def check_images(paths: Sequence[Path], allow_missing: bool, dataset: str,
