@@ -270,7 +270,8 @@ def test_layers_follow_the_authors_model():
     _, _, model, _ = model_for(bits=8, width=128)
     head = model.hashing
     # one GCL for both modalities: 2 residual MLPs 128 -> 512 -> 128, then 8 concepts without bias
-    assert [tuple(b[1].weight.shape) + tuple(b[4].weight.shape) for b in head.gcl.mlp.blocks] == [(512, 128, 128, 512)] * 2
+    shapes = [(tuple(b[1].weight.shape), tuple(b[4].weight.shape)) for b in head.gcl.mlp.blocks]
+    assert shapes == [((512, 128), (128, 512))] * 2
     assert head.gcl.concepts.bias is None and head.gcl.concepts.weight.shape == (8, 128)
     # an LCT per modality: 2 pre-norm blocks of CLIP's shape (128 // 64 = 2 heads, 4x MLP), a
     # Linear(128, 1) per bit, and a concept projection

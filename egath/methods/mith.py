@@ -11,12 +11,13 @@ interactive transformer hashing. Per modality, with D the width and K the bits:
 
     h = (c + t) / 2, whose sign is the retrieval code (theirs: sign(c + t)).
 
-The loss, with S_ij = [l_i . l_j > 0] against the whole training set and stored outputs of every
-training row (each batch's rows replaced by its outputs, without gradient, before the loss):
+The loss, with S_ij = [l_i . l_j > 0] against the whole training set and C, T (N, K) the stored
+global and local codes of every training row (each batch's rows replaced by its outputs, without
+gradient, before the loss):
 
     L = intra   * [lik(T_I, t_I) + lik(T_T, t_T)]         token codes against the same modality's store
       + beta    * [lik(C_I, c_T) + lik(C_T, c_I)]         global codes against the other modality's store
-      + gamma   * [||h_I - B||^2 + ||h_T - B||^2] / (B K)  B = sign(lambda (c_I + c_T) + (1 - lambda)(t_I + t_T))
+      + gamma   * [||h_I - b||^2 + ||h_T - b||^2] / (B K)  b = sign(lambda (c_I + c_T) + (1 - lambda)(t_I + t_T))
       + delta   * [NCE(g_I, g_T) + alpha NCE_k(z_I, z_T)]  InfoNCE of the GCL features g (unit length) over
                                                            the batch, and of each sample's K concept tokens z
       + mu      * sum_m [||c_m' - t_m||^2 + 0.1 ||c_m - t_m'||^2] / B   ' : no gradient (distillation)
@@ -27,7 +28,7 @@ MITH reads CLIP's token sequences (49 image patches, 32 text positions); this pr
 pooled embeddings only, so here the trunk's output is the pooled feature and the only token: LTA
 then sets concept k to f where k is among f's top-k positive concepts and to zero elsewhere,
 and the LCT transformer works on those K concept tokens as in the authors' model. The token path
-is the same code (`Mith.branch` with `tokens`). A trunk (egath.methods.base.trunk) stands in for
+is the same code (`MITH.branch` with `tokens`). A trunk (egath.methods.base.trunk) stands in for
 the CLIP the authors fine-tune. Differences from the authors' code: docs/methods.md.
 """
 from __future__ import annotations
@@ -146,7 +147,9 @@ def sinusoid_positions(length: int, width: int) -> torch.Tensor:
 
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
-    return F.silu(1.702 * x) / 1.702  # x sigmoid(1.702 x): CLIP's activation, in the transformer blocks MITH takes from it
+    """CLIP's x sigmoid(1.702 x), in the transformer blocks MITH takes from CLIP; as silu, one
+    kernel fewer on the CPU."""
+    return F.silu(1.702 * x) / 1.702
 
 
 def attention_heads(width: int) -> int:
