@@ -33,6 +33,7 @@ REGISTRY = {  # model name -> where its Method is defined
     "ucch": "egath.methods.ucch:METHOD",
     "jdsh": "egath.methods.jdsh:METHOD",
     "djsrh": "egath.methods.djsrh:METHOD",
+    "mith": "egath.methods.mith:METHOD",
 }
 # EGATH and the paper's ablations: the tables and figures list them first
 EGATH_FAMILY = ("egath", "egath-g", "egath-t")
