@@ -67,7 +67,9 @@ def main() -> None:
     steady = epoch_seconds[1:] or epoch_seconds  # the first epoch pays for warm-up
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} threads"
     print(f"device: {device}")
-    print(f"method {args.method}, {args.bits} bits, {args.n_train} training pairs, batch 64, paper widths")
+    cfg = result["config"]
+    print(f"method {args.method}, {args.bits} bits, {args.n_train} training pairs, batch {cfg['batch_size']}, "
+          f"feature_dim {cfg['feature_dim']} (its authors' widths)")
     print(f"epoch seconds: {', '.join(f'{s:.2f}' for s in epoch_seconds)} (whole run {wall:.1f} s)")
     print(f"throughput: {args.n_train / np.mean(steady):.0f} training pairs/s (epochs after the first)")
     print(f"peak host memory (max RSS): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
