@@ -33,6 +33,8 @@ def write_inputs(root: Path, n_train: int, image_dim: int, vocabulary: int, n_la
     with h5py.File(root / "pairs.h5", "w") as f:
         f.create_dataset("labels", data=labels)
         f.create_dataset("label_names", data=[f"label{i}" for i in range(n_labels)], dtype=text)
+        f.create_dataset("image_paths", data=[f"image{i}.jpg" for i in range(n)], dtype=text)
+        f.create_dataset("texts", data=["words"] * n, dtype=text)
         f.create_dataset("bow", data=(rng.random((n, vocabulary)) < 0.01).astype(np.uint8))
         f.create_dataset("split/train", data=np.arange(n_train, dtype=np.int64))
         f.create_dataset("split/query", data=np.arange(n_train, n, dtype=np.int64))
