@@ -230,13 +230,14 @@ def _trace_encoder(model, modality: str, width: int, method: str) -> bytes:
 
 def write_index(path, meta: dict, *, ids, image_paths, texts, labels, label_names, vocabulary,
                 codes: dict, encoders: dict) -> Path:
-    """Write an index file (atomically): `meta` holds the attributes build_index records,
+    """Write an index file (atomically): `meta` holds the attributes build_index records (the
+    format, size and modalities are set here: the meta of a loaded index can be passed),
     `codes` maps each modality the collection holds to its codes (n, bits) (a bit is set where
     > 0), `encoders` each modality to the TorchScript of the model's encoder."""
     text = h5py.string_dtype()
     with atomic_output(path) as tmp_path, h5py.File(tmp_path, "w") as f:
-        f.attrs.update(format=INDEX_FORMAT, format_version=INDEX_VERSION, n=len(ids),
-                       modalities=",".join(m for m in MODALITIES if m in codes), **meta)
+        f.attrs.update({**meta, "format": INDEX_FORMAT, "format_version": INDEX_VERSION, "n": len(ids),
+                        "modalities": ",".join(m for m in MODALITIES if m in codes)})
         for key, values in (("ids", ids), ("image_paths", image_paths), ("texts", texts),
                             ("label_names", label_names), ("vocabulary", vocabulary)):
             f.create_dataset(key, data=values, dtype=text)

@@ -162,7 +162,12 @@ def serve(index_path, *, host: str = "127.0.0.1", port: int = 8000, k: int = 20,
 
     app = create_app(index_path, k=k, max_upload_bytes=max_upload_bytes, device=device)
     ipv6 = ":" in host
-    listener = socket.create_server((host, port), family=socket.AF_INET6 if ipv6 else socket.AF_INET)
+    # made as a TCP socket by name: asyncio then sets TCP_NODELAY on each connection, else a kept-alive
+    # connection waits 40 ms (a delayed acknowledgement) between an answer's head and its body
+    listener = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(2048)
     shown, port = listener.getsockname()[:2]
     # log_config None: uvicorn's loggers go through egath's logging; its access log is off, as
     # the app writes its own line per query
