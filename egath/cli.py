@@ -11,11 +11,13 @@
     egath evaluate codes.h5 metrics.json
     egath index model.pt index.h5 --collection results/demo/pairs.h5 --features results/demo/features.h5
     egath search index.h5 --text "red circle" --k 10
+    egath serve index.h5                       # a search page and a JSON API on http://127.0.0.1:8000/
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 
 from egath.logs import setup_logging
 
@@ -54,14 +56,16 @@ def main(argv=None) -> None:
                    help="keep samples whose text has no word, as all-zero bag-of-words rows "
                         "(the preparers' NUS-WIDE manifests have such samples)")
 
-    p = sub.add_parser("features", help="pairs.h5 -> CLIP features HDF5")
-    p.add_argument("pairs")
-    p.add_argument("out")
-    p.add_argument("--model", default="ViT-B-32")
-    p.add_argument("--pretrained", default="openai")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--num-workers", type=int, default=4)
-    p.add_argument("--device", default="auto")
+    p = sub.add_parser("features", help="pairs.h5 -> CLIP features HDF5", formatter_class=_Help)
+    p.add_argument("pairs", help="the pairs.h5 whose images, texts and label names are encoded")
+    p.add_argument("out", help="the features file to write")
+    p.add_argument("--model", default="ViT-B-32", help="open_clip model name")
+    p.add_argument("--pretrained", default="openai",
+                   help="open_clip weights tag, a local checkpoint file, or none (random weights)")
+    p.add_argument("--batch-size", type=int, default=256, help="images and texts encoded at a time")
+    p.add_argument("--num-workers", type=int, default=4, help="processes that read images")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a free GPU, else the CPU)")
+    _unreadable_images_option(p)
 
     p = sub.add_parser("graph", help="pairs.h5 + label-name embeddings -> graph.h5")
     p.add_argument("pairs")
@@ -92,34 +96,55 @@ def main(argv=None) -> None:
     p.add_argument("codes")
     p.add_argument("out")
 
-    p = sub.add_parser("index", help="model.pt + a collection -> a search index")
-    p.add_argument("model")
-    p.add_argument("out")
+    p = sub.add_parser("index", help="model.pt + a collection -> a search index", formatter_class=_Help)
+    p.add_argument("model", help="the trained model (model.pt)")
+    p.add_argument("out", help="the index file to write")
     p.add_argument("--collection", required=True,
-                   help="a pairs.h5 (its database split is indexed) or a manifest.tsv of images and texts")
+                   help="what to index: a pairs.h5 (its database split), a manifest.tsv of images, texts "
+                        "and labels, a folder (every image under it), or a .txt file of captions, one a line")
     p.add_argument("--features", required=True,
                    help="the features file the model was trained on (names the CLIP encoder)")
-    p.add_argument("--pairs", help="the pairs.h5 the model was trained on (its vocabulary); "
+    p.add_argument("--pairs", help="the pairs.h5 the model was trained on (its vocabulary and lineage); "
                                    "default: the collection, when it is a pairs.h5")
-    p.add_argument("--labels", help="labels.txt of a manifest (default: beside it)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--labels", help="labels.txt of a manifest (default: the one beside it)")
+    _unreadable_images_option(p)
+    p.add_argument("--batch-size", type=int, default=256, help="items encoded at a time")
+    p.add_argument("--num-workers", type=int, default=2, help="processes that read images")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a free GPU, else the CPU)")
+    _verbose_option(p)
 
-    p = sub.add_parser("search", help="the nearest items of an index to a text or an image")
-    p.add_argument("index")
+    p = sub.add_parser("search", help="the nearest items of an index to a text or an image",
+                       formatter_class=_Help)
+    p.add_argument("index", help="an index file made by `egath index`")
     query = p.add_mutually_exclusive_group(required=True)
-    query.add_argument("--text")
-    query.add_argument("--image")
-    p.add_argument("--k", type=int, default=10)
+    query.add_argument("--text", help="a text query: ranks the images")
+    query.add_argument("--image", help="an image file as the query: ranks the texts")
+    query.add_argument("--queries", metavar="FILE",
+                       help="many queries, one a line: a text, or `text<TAB>words` or `image<TAB>path`; "
+                            "answered in one process, as TSV (or JSON with --json)")
+    p.add_argument("--k", type=int, default=10, help="how many items to return")
     p.add_argument("--same-modality", action="store_true",
                    help="rank the query's own modality (texts for a text) instead of the other")
-    p.add_argument("--model", help="the model file (default: the one the index records)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--model", help="check that this model file is the one the index was built with "
+                                   "(the index carries its encoders: no model file is needed to search)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    _verbose_option(p)
+
+    p = sub.add_parser("serve", help="a search page and JSON API over an index", formatter_class=_Help)
+    p.add_argument("index", help="an index file made by `egath index`")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (0.0.0.0 opens it to the network: the page has no login)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free one)")
+    p.add_argument("--k", type=int, default=20, help="results a query returns unless it asks for another number")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest image upload accepted, in MB")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    _verbose_option(p)
 
     args = parser.parse_args(argv)
     setup_logging()
+    if args.command in ("index", "search", "serve"):
+        _quiet_libraries(args.verbose, own_level=logging.WARNING if args.command == "search" else logging.INFO)
     if args.command == "synthetic":
         from egath.datasets import make_synthetic_dataset
         print(make_synthetic_dataset(args.out_dir, args.n_pairs, args.seed, args.image_size))
@@ -132,7 +157,8 @@ def main(argv=None) -> None:
         from egath.devices import select_device
         from egath.features import extract_features
         extract_features(args.pairs, args.out, args.model, args.pretrained, args.batch_size,
-                         args.num_workers, select_device(args.device))
+                         args.num_workers, select_device(args.device),
+                         unreadable_images=args.unreadable_images)
     elif args.command == "graph":
         from egath.graph import build_graph, clip_label_embeddings, glove_label_embeddings, read_label_names
         if args.glove:
@@ -152,39 +178,118 @@ def main(argv=None) -> None:
     elif args.command == "evaluate":
         from egath.metrics import write_metrics
         write_metrics(args.codes, args.out, protocol={})
-    elif args.command in ("index", "search"):
+    elif args.command in ("index", "search", "serve"):
         try:
-            _index_or_search(args)
+            failed = {"index": _index, "search": _search, "serve": _serve}[args.command](args)
         except (ValueError, OSError, KeyError) as e:  # bad input: the message names it
             parser.exit(1, f"egath {args.command}: {e}\n")
+        if failed:
+            parser.exit(1)
 
 
-def _index_or_search(args) -> None:
-    from egath.search import build_index, search
-    if args.command == "index":
-        from egath.devices import select_device
-        manifest = None if args.collection.endswith(".h5") else args.collection
-        if manifest is not None and args.pairs is None:
-            raise FileNotFoundError("a manifest collection needs --pairs, the pairs.h5 the model was "
-                                    "trained on (its vocabulary)")
-        build_index(args.model, args.out, pairs=args.pairs or args.collection, features=args.features,
-                    manifest=manifest, labels=args.labels, device=select_device(args.device),
-                    batch_size=args.batch_size, num_workers=args.num_workers)
-        return
-    result = search(args.index, text=args.text, image=args.image, k=args.k,
-                    same_modality=args.same_modality, model=args.model, device=args.device)
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Each option's help ends with its default."""
+
+
+def _unreadable_images_option(p) -> None:
+    p.add_argument("--unreadable-images", choices=("error", "skip"), default="error",
+                   help="an image that cannot be read stops the run naming it (error), or is left "
+                        "out, counted and named (skip)")
+
+
+def _verbose_option(p) -> None:
+    p.add_argument("--verbose", action="store_true", help="also show other libraries' log lines")
+
+
+def _quiet_libraries(verbose: bool, own_level: int) -> None:
+    """Log egath's own lines at `own_level` and up, other libraries' (open_clip logs on the root
+    logger) only from errors up, unless `verbose`."""
+    logging.getLogger().setLevel(logging.INFO if verbose else logging.ERROR)
+    logging.getLogger("egath").setLevel(logging.INFO if verbose else own_level)
+
+
+def _index(args) -> None:
+    from egath.devices import select_device
+    from egath.search import build_index
+    if not args.collection.endswith(".h5") and args.pairs is None:
+        raise FileNotFoundError("a collection that is not a pairs.h5 needs --pairs, the pairs.h5 the model "
+                                "was trained on (its vocabulary)")
+    build_index(args.model, args.out, pairs=args.pairs or args.collection, features=args.features,
+                collection=args.collection, labels=args.labels, unreadable_images=args.unreadable_images,
+                device=select_device(args.device), batch_size=args.batch_size, num_workers=args.num_workers)
+
+
+def _search(args) -> bool:
+    """Answer the query or queries; True where one of several failed (each is named on stderr)."""
+    import sys
+
+    from egath.search import SearchError, load_index, search
+    index = load_index(args.index)
+    options = dict(k=args.k, same_modality=args.same_modality, model=args.model, device=args.device)
+    if args.queries is None:
+        result = search(index, text=args.text, image=args.image, **options)
+        if args.json:
+            print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        else:
+            _print_result(result)
+        return False
+    results, failed = [], False
+    for line, query in _read_queries(args.queries):
+        try:
+            results.append((line, search(index, **query, **options)))
+        except SearchError as e:
+            print(f"{args.queries}:{line}: {e}", file=sys.stderr)
+            failed = True
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
-        return
-    query = f"text {args.text!r}" if args.text is not None else f"image {args.image}"
-    print(f"{query}: the {len(result.hits)} nearest {result.searched}s of {result.n} "
+        print(json.dumps([{"line": line, **result.to_dict()} for line, result in results], indent=2,
+                         ensure_ascii=False))
+    else:
+        print("line\tquery\trank\tdistance\tid\titem")
+        for line, result in results:
+            query = next(iter(result.query.values()))
+            for hit in result.hits:
+                item = hit.image if result.searched == "image" else hit.text
+                print("\t".join(_tsv_field(v) for v in (line, query, hit.rank, hit.distance, hit.id, item)))
+    return failed
+
+
+def _read_queries(path) -> list[tuple[int, dict]]:
+    """(line number, query) of each non-blank line of a queries file."""
+    from egath.datasets.text import read_lines
+    queries = []
+    for number, line in enumerate(read_lines(path), start=1):
+        kind, tab, value = line.partition("\t")
+        if not tab:
+            kind, value = "text", line
+        if kind not in ("text", "image"):
+            raise ValueError(f"{path}:{number}: a line is a text, or `text<TAB>words` or "
+                             f"`image<TAB>path`, not {kind!r} before the tab")
+        if line.strip():
+            queries.append((number, {kind: value}))
+    return queries
+
+
+def _tsv_field(value) -> str:
+    return " ".join(str(value).split())  # a tab or newline inside a text would break the row
+
+
+def _print_result(result) -> None:
+    query = result.query
+    shown = f"text {query['text']!r}" if "text" in query else f"image {query['image']}"
+    print(f"{shown}: the {len(result.hits)} nearest {result.searched}s of {result.n} "
           f"(Hamming distance over {result.bits} bits)")
     if result.unknown_words:
         print(f"(not in the vocabulary, ignored: {' '.join(result.unknown_words)})")
     print(f"rank  dist  id  {result.searched}")
     for hit in result.hits:
-        shown = hit.image if result.searched == "image" else hit.text
-        print(f"{hit.rank:4d}  {hit.distance:3d}  {hit.id}  {shown}")
+        item = hit.image if result.searched == "image" else hit.text
+        print(f"{hit.rank:4d}  {hit.distance:3d}  {hit.id}  {item}")
+
+
+def _serve(args) -> None:
+    from egath.serve import serve
+    serve(args.index, host=args.host, port=args.port, k=args.k,
+          max_upload_bytes=int(args.max_upload_mb * 1e6), device=args.device)
 
 
 if __name__ == "__main__":

@@ -59,9 +59,11 @@ MAX_IMAGE_PIXELS = 89_478_485
 UNREADABLE_POLICIES = ("error", "skip")
 _PIXELS_HINT = ("raise max_image_pixels to read it (decoding and resizing take about 4 bytes per "
                 "pixel of memory), or skip such images with unreadable_images: skip (workflow "
-                "config: clip.max_image_pixels, clip.unreadable_images)")
+                "config: clip.max_image_pixels, clip.unreadable_images; `egath features` and "
+                "`egath index`: --unreadable-images skip)")
 _SKIP_HINT = ("To leave out the images that cannot be read, with a list in the log, set "
-              "unreadable_images: skip (workflow config: clip.unreadable_images)")
+              "unreadable_images: skip (workflow config: clip.unreadable_images; `egath features` "
+              "and `egath index`: --unreadable-images skip)")
 
 _registered: set[str] = set()
 
@@ -409,6 +411,7 @@ def extract_features(
     *,
     max_image_pixels: int = MAX_IMAGE_PIXELS,
     unreadable_images: str = "error",
+    row_names=None,
 ) -> Path:
     """Encode the images, texts and label names of ``pairs_h5`` into ``out_h5``.
 
@@ -418,7 +421,9 @@ def extract_features(
 
     An image that cannot be read, or has more than ``max_image_pixels`` pixels, stops the
     run with ``unreadable_images="error"``; with ``"skip"`` its row is marked in
-    ``image_skipped``, its image embedding is zero, and the log lists it.
+    ``image_skipped``, its image embedding is zero, and the log lists it. Messages name an
+    image's row as ``row_names[row]`` where given (what the pairs file was made from, e.g.
+    "manifest.tsv:12, id 'x'"), else by its row and id in ``pairs_h5``.
 
     Resumes from ``{out_h5}.partial`` when it was made from the same inputs (contents of
     ``pairs.h5``, image file sizes and mtimes) and settings (model, weights, batch size,
@@ -448,6 +453,9 @@ def extract_features(
     def log(msg):
         if progress:
             tqdm.write(f"[features {data['dataset'] or pairs_h5}] {msg}", file=sys.stderr)
+
+    def where(row: int) -> str:
+        return row_names[row] if row_names is not None else f"{_row_name(row, ids)} of {str(pairs_h5)!r}"
 
     _check_image_files(paths, ids, pairs_h5)
 
@@ -518,7 +526,7 @@ def extract_features(
             with h5py.File(partial, "r+") as f:
                 f["label_text"][...] = label_f16
                 _encode_images(
-                    f, batches, model, data, pairs_h5, done_i, dev, amp, progress,
+                    f, batches, model, data, where, done_i, dev, amp, progress,
                     model_name, unreadable_images, log,
                 )
                 with tqdm(
@@ -546,7 +554,7 @@ def extract_features(
     if skipped.size:
         log(f"{skipped.size} of {n} images could not be read and were skipped "
             "(unreadable_images: skip); their pairs are left out of training and evaluation: "
-            + ", ".join(f"{paths[r]!r} ({_row_name(r, ids)})" for r in skipped))
+            + ", ".join(f"{paths[r]!r} ({where(r)})" for r in skipped))
     log(f"wrote {out_h5} ({n} rows, {c} labels, d={d})")
     return out_h5
 
@@ -570,9 +578,9 @@ def _image_batches(paths, start, preprocess, size, batch_size, num_workers, dev,
     return iter(loader)
 
 
-def _encode_images(f, batches, model, data, pairs_h5, start, dev, amp, progress,
+def _encode_images(f, batches, model, data, where, start, dev, amp, progress,
                    model_name, unreadable_images, log):
-    paths, ids = data["image_paths"], data["ids"]
+    paths = data["image_paths"]
     n = len(paths)
     if start >= n:
         return
@@ -584,17 +592,17 @@ def _encode_images(f, batches, model, data, pairs_h5, start, dev, amp, progress,
             bad = [i for i, e in enumerate(errors) if e]
             for i in bad:
                 r = int(rows[i])
-                where = f"image {paths[r]!r} ({_row_name(r, ids)} of {str(pairs_h5)!r})"
+                image = f"image {paths[r]!r} ({where(r)})"
                 if unreadable_images == "error":
-                    raise FeatureInputError(f"cannot read {where}: {errors[i]}. {_SKIP_HINT}")
-                log(f"skipping {where}: {errors[i]}")
+                    raise FeatureInputError(f"cannot read {image}: {errors[i]}. {_SKIP_HINT}")
+                log(f"skipping {image}: {errors[i]}")
             lo, hi = int(rows[0]), int(rows[-1]) + 1
             with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
                 y = model.encode_image(x.to(dev, non_blocking=True))
             skipped = np.zeros(hi - lo, np.uint8)
             skipped[bad] = 1
             y[torch.from_numpy(skipped).bool().to(y.device)] = 0  # a skipped image has no embedding
-            f["image"][lo:hi] = _to_f16(y, "image", lo, ids)
+            f["image"][lo:hi] = _to_f16(y, "image", lo, data["ids"])
             f["image_skipped"][lo:hi] = skipped
             f.attrs["n_done_image"] = hi
             f.flush()

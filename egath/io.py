@@ -28,16 +28,20 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def open_h5(path: str | os.PathLike, required: tuple[str, ...] = ()) -> h5py.File:
-    """Open an HDF5 file for reading; name the file and the missing keys when it is not usable."""
+def open_h5(path: str | os.PathLike, required: tuple[str, ...] = (), *,
+            remedy: str = "Delete it and run again: the workflow rebuilds a missing file") -> h5py.File:
+    """Open an HDF5 file for reading; name the file and the missing keys when it is not usable.
+
+    `remedy` says what to do about an unreadable file (a file the workflow does not make
+    needs another).
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: file not found")
     try:
         f = h5py.File(path, "r")
     except OSError as e:
-        raise OSError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {e}. Delete it "
-                      "and run again: the workflow rebuilds a missing file") from e
+        raise OSError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {e}. " + remedy) from e
     missing = [key for key in required if key not in f]
     if missing:
         f.close()

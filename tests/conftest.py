@@ -18,3 +18,12 @@ def one_torch_thread():
 def separable_files(tmp_path_factory):
     """pairs.h5, features.h5 and graph.h5 of the separable problem in tests/separable.py."""
     return write_separable_files(tmp_path_factory.mktemp("separable"))
+
+
+@pytest.fixture(scope="session")
+def search_demo(tmp_path_factory):
+    """A trained model and its index over the synthetic dataset (tests/search_demo.py), shared
+    by the search and server tests."""
+    from search_demo import make_search_demo
+
+    return make_search_demo(tmp_path_factory.mktemp("search"))
