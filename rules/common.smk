@@ -30,6 +30,19 @@ BITS = config["bits"]
 METHODS = list(config["methods"])
 SEEDS = config["seeds"]
 EXAMPLE_METHODS = config["report"]["retrieval_examples"]
+
+
+def method_bits(method):
+    """The code lengths a method runs at: its own `bits`, else the config's."""
+    return (config["methods"][method] or {}).get("bits", BITS)
+
+
+for _method in METHODS:
+    _extra = sorted(set(method_bits(_method)) - set(BITS))
+    if _extra:
+        raise ValueError(
+            f"config key methods.{_method}.bits: {_extra} not in bits {BITS}"
+        )
 for _method in EXAMPLE_METHODS:
     if _method not in METHODS:
         raise ValueError(
@@ -134,7 +147,7 @@ def get_method_spec(wildcards):
     """Model, text input, params and inputs of a method; an empty entry means model = the
     method's name."""
     spec = config["methods"][wildcards.method] or {}
-    return {key: value for key, value in spec.items() if key != "tune"}
+    return {key: value for key, value in spec.items() if key not in ("tune", "bits")}
 
 
 def is_tuned(method):
@@ -169,15 +182,17 @@ def get_protocol(wildcards):
     }
 
 
-def get_metrics(dataset=DATASETS, method=METHODS, bits=BITS):
-    """metrics.json of every seed of the given cells (default: the whole grid)."""
-    return expand(
-        "results/{dataset}/{method}/{bits}/seed{seed}/metrics.json",
-        dataset=dataset,
-        method=method,
-        bits=bits,
-        seed=SEEDS,
-    )
+def get_runs(name, dataset=DATASETS, bits=BITS):
+    """`name` (metrics.json, model.pt) of every seed of every method at each of `bits` it runs
+    at, on each of `dataset` (default: the whole grid)."""
+    return [
+        f"results/{d}/{method}/{b}/seed{seed}/{name}"
+        for d in dataset
+        for method in METHODS
+        for b in bits
+        if b in method_bits(method)
+        for seed in SEEDS
+    ]
 
 
 def get_example_codes(wildcards):
@@ -198,7 +213,7 @@ def get_tunings():
         f"results/{dataset}/{method}/{bits}/tuning.json"
         for dataset in DATASETS
         for method in METHODS
-        for bits in BITS
+        for bits in method_bits(method)
         if is_tuned(method)
     ]
 
@@ -217,11 +232,11 @@ def get_final_output():
             bits=BITS,
             ext=["png", "pdf"],
         ),
-        *expand(
-            "results/figures/examples_{dataset}_{method}_{bits}.{ext}",
-            dataset=DATASETS,
-            method=EXAMPLE_METHODS,
-            bits=BITS,
-            ext=["png", "pdf"],
-        ),
+        *[
+            f"results/figures/examples_{dataset}_{method}_{bits}.{ext}"
+            for dataset in DATASETS
+            for method in EXAMPLE_METHODS
+            for bits in method_bits(method)
+            for ext in ("png", "pdf")
+        ],
     ]

@@ -1,6 +1,6 @@
 rule tables:
     input:
-        metrics=get_metrics(),
+        metrics=get_runs("metrics.json"),
         reference=get_reference_table(),
     output:
         csv=report(
@@ -56,8 +56,8 @@ rule tuning_table:
 
 rule figures:
     input:
-        metrics=lambda wildcards: get_metrics(
-            wildcards.dataset, METHODS, wildcards.bits
+        metrics=lambda wildcards: get_runs(
+            "metrics.json", [wildcards.dataset], [int(wildcards.bits)]
         ),
     output:
         pr_png=report(
@@ -90,12 +90,8 @@ rule figures:
 
 rule loss_curves:
     input:
-        models=lambda wildcards: expand(
-            "results/{dataset}/{method}/{bits}/seed{seed}/model.pt",
-            dataset=wildcards.dataset,
-            method=METHODS,
-            bits=wildcards.bits,
-            seed=SEEDS,
+        models=lambda wildcards: get_runs(
+            "model.pt", [wildcards.dataset], [int(wildcards.bits)]
         ),
     output:
         png=report(

@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch_geometric.nn import GATConv
 
 from egath.methods.base import Method, Objective, Range, binarize
 
@@ -65,6 +64,10 @@ class GATLabelClassifier(nn.Module):
 
     def __init__(self, cfg: ModelConfig, edge_index: torch.Tensor, node_features: torch.Tensor):
         super().__init__()
+        # imported here: torch_geometric takes about 1.9 s to import, and the methods that share this
+        # module's losses and code update without a GAT (egath-g, gcdh) do not need it
+        from torch_geometric.nn import GATConv
+
         # alpha_ij = softmax_j LeakyReLU(a^T [W g_i || W g_j]) over j with A_ij = 1 (self-loops are in A)
         self.gat1 = GATConv(cfg.node_dim, cfg.gat_hidden, heads=1, add_self_loops=False)
         self.gat2 = GATConv(cfg.gat_hidden, 2 * cfg.feature_dim, heads=1, add_self_loops=False)
