@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from egath import training
 from egath.first_stage import run_first_stage
@@ -28,6 +29,21 @@ def test_codes_are_pairs_of_entries():
                                torch.tensor([[0.0, 1.0, 1.0, 0.0, 0.0, 1.0]]))
     # 1 - mean((2p - 1)^2): (0.25, 0.75, 0.5, 0.5) -> 1 - (0.25 + 0.25 + 0 + 0) / 4 = 0.875
     assert float(twdh.quantization_term(p)) == pytest.approx(0.875)
+
+
+def test_pair_softmax_is_a_softmax_over_pairs_even_where_it_saturates():
+    # pairs 0.5, 5, 18 and 30 apart, each against its target: at 18 and 30, 1 - p_+ in float32 would
+    # be 6e-8 or 0 where p_- is 1.5e-8 or 9e-14, and the cross entropy of a confident wrong bit wrong
+    z = torch.tensor([[0.0, 0.5, 5.0, 0.0, 9.0, -9.0, -15.0, 15.0]], requires_grad=True)
+    reference = z.detach().clone().requires_grad_()
+    y = torch.tensor([[1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0]])
+    fast = F.binary_cross_entropy(twdh.pair_softmax(z), y, reduction="none")
+    slow = F.binary_cross_entropy(reference.unflatten(-1, (-1, 2)).softmax(-1).flatten(-2), y, reduction="none")
+    torch.testing.assert_close(fast, slow)
+    fast.sum().backward()
+    slow.sum().backward()
+    # the gradients where nothing saturates (where it does, BCE's own 1e-12 floor decides them)
+    torch.testing.assert_close(z.grad[:, :4], reference.grad[:, :4])
 
 
 def test_centre_targets_take_the_majority_and_break_ties_with_the_batch_draw():
@@ -203,6 +219,14 @@ def small_model(bits=4, long_bits=8):
     cfg = twdh.TwdhConfig(image_dim=12, text_dim=10, n_labels=3, bits=bits, hidden_dim=16, dropout=0.1,
                           long_bits=long_bits, heads=8)
     return twdh.TWDH(cfg, torch.randn(2 * long_bits, 2 * bits))
+
+
+def test_attention_over_one_token_is_its_value_and_output_projections():
+    attention = torch.nn.MultiheadAttention(16, 8, batch_first=True)
+    torch.nn.init.normal_(attention.in_proj_bias)  # nonzero biases, which the default leaves at 0
+    x = torch.randn(5, 16)
+    want = attention(x.unsqueeze(1), x.unsqueeze(1), x.unsqueeze(1), need_weights=False)[0].squeeze(1)
+    torch.testing.assert_close(twdh.single_token_attention(attention, x), want)
 
 
 def test_layers_follow_the_authors_hash_layer():

@@ -3,12 +3,8 @@ training and tuning that read it, kept when only the second step's settings chan
 what reads it when its own settings change, and resumed after a kill with --rerun-incomplete."""
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import h5py
@@ -17,7 +13,7 @@ import pytest
 import torch
 
 from egath.first_stage import run_first_stage
-from test_workflow import REPO, SNAKEMAKE, TINY_CONFIG, descendants, planned_jobs, snakemake, write_config
+from test_workflow import TINY_CONFIG, kill_job_once_written, planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.workflow
 
@@ -133,25 +129,7 @@ def test_a_killed_first_stage_resumes_with_rerun_incomplete(tmp_path):
     config = write_config(tmp_path / "kill.yaml", with_twdh(params={"transform": transform}))
     target, out = f"{CELL}/first_stage.pt", tmp_path / CELL / "first_stage.pt"
     ckpt = Path(f"{out}.ckpt")
-    cmd = [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--cores", "1",
-           "--configfile", str(config), "--replace-workflow-config", target]
-    with open(tmp_path / "first.out", "w") as log:
-        first = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    try:
-        deadline = time.monotonic() + 400
-        while not ckpt.exists():
-            assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "first.out").read_text()
-            time.sleep(0.05)
-        jobs = [p for p in descendants(first.pid)
-                if "first_stage.py" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
-        assert jobs, "no first-stage job found"
-        for pid in jobs:
-            os.kill(pid, signal.SIGKILL)
-        assert first.wait(timeout=120) != 0
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
+    kill_job_once_written(tmp_path, config, "first_stage.py", ckpt, target)
     assert not out.exists()
     done = torch.load(ckpt, weights_only=False)["state"]["epoch"]
     assert 1 <= done < epochs
