@@ -151,6 +151,10 @@ def get_tuning(wildcards):
     )
 
 
+# the methods of this config that train in two steps: only these have a first stage
+TWO_STEP_METHODS = [m for m in METHODS if method_model(m) in FIRST_STAGES]
+
+
 def get_first_stage(wildcards):
     """The output of the method's first stage where it trains in two steps (FIRST_STAGES): an
     input of its training and tuning."""

@@ -11,6 +11,8 @@ rule first_stage:
         "logs/first_stage/{dataset}/{method}/{bits}.log",
     benchmark:
         "results/benchmarks/first_stage/{dataset}/{method}/{bits}.tsv"
+    wildcard_constraints:
+        method="|".join(re.escape(m) for m in TWO_STEP_METHODS),
     conda:
         "../envs/egath.yaml"
     threads: 1
