@@ -4,6 +4,7 @@
 # results/{dataset}/pairs.h5                       ids, images, texts, labels, bag-of-words, splits
 # results/{dataset}/features/{encoder}.h5          cached CLIP features
 # results/{dataset}/graph.h5                       label co-occurrence graph and node features
+# results/{dataset}/{method}/{bits}/first_stage.pt a two-step method's first step (TwDH's transform)
 # results/{dataset}/{method}/{bits}/tuning.json    the cell's tuning search (where tuning is on)
 # results/{dataset}/{method}/{bits}/seed{seed}/model.pt       one trained model per seed
 # results/{dataset}/{method}/{bits}/seed{seed}/codes.h5       query and database hash codes
@@ -26,6 +27,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/features.smk"
 include: "rules/graph.smk"
+include: "rules/first_stage.smk"
 include: "rules/tune.smk"
 include: "rules/train.smk"
 include: "rules/report.smk"

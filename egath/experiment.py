@@ -27,10 +27,11 @@ def reuse_path(model_path, seed: int) -> Path:
 def train_and_evaluate(pairs, features, graph, *, method: str, bits: int, seeds: list[int],
                        params: dict, spec: dict | None, models, codes, metrics, protocol: dict,
                        device: str = "cpu", dataset: str = "", threads: int | None = None,
-                       tuning=None) -> list[dict]:
+                       tuning=None, first_stage=None) -> list[dict]:
     """Train `method` once per seed (models[i] for seeds[i]), then write codes[i] and metrics[i];
-    with `tuning` (a tuning.json, egath.tuning), with its best values over `params` and `spec`.
-    Returns the metrics of every seed."""
+    with `tuning` (a tuning.json, egath.tuning), with its best values over `params` and `spec`;
+    a two-step method from `first_stage`, its first stage's output (egath.first_stage), shared
+    by every seed. Returns the metrics of every seed."""
     if not len(seeds) == len(models) == len(codes) == len(metrics):
         raise ValueError(f"{len(seeds)} seeds need as many model, codes and metrics paths, got "
                          f"{len(models)}, {len(codes)}, {len(metrics)}")
@@ -42,7 +43,8 @@ def train_and_evaluate(pairs, features, graph, *, method: str, bits: int, seeds:
     for seed, model_path, codes_path, metrics_path in zip(seeds, models, codes, metrics):
         log.info("seed %d: training", seed)
         result = train(pairs, features, graph, model_path, method, bits, {**params, "seed": seed},
-                       device=device, dataset=dataset, spec=spec, reuse_path=reuse_path(model_path, seed))
+                       device=device, dataset=dataset, spec=spec, reuse_path=reuse_path(model_path, seed),
+                       first_stage=first_stage)
         # encoding is a forward pass of small heads: the CPU does it, no GPU is held for it
         encode_dataset(model_path, pairs, features, codes_path, device="cpu")
         seed_protocol = {**protocol, "training_seed": seed, "tuning": tuned, **result.get("protocol", {})}

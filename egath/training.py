@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from egath.first_stage import load_first_stage
 from egath.graph import LabelGraph, load_graph
 from egath.inputs import InputTransform
 from egath.io import atomic_output, check_finite, open_h5, string_array
@@ -198,6 +199,7 @@ class Run:
     inputs_sha256: str  # digest of what is trained on: a checkpoint of other data is not resumed
     dataset: str
     device: str
+    first_stage: dict | None = None  # a two-step method's first-stage tensors (egath.first_stage), else None
 
     def with_settings(self, training: dict | None = None, method_params: dict | None = None) -> "Run":
         """The same inputs under other settings (a tuning trial): training keys over the config,
@@ -215,9 +217,10 @@ class Run:
 
 
 def prepare_run(pairs_path, features_path, graph_path, method: str, bits: int, params: dict,
-                spec: dict | None = None, dataset: str = "", device: str = "cpu") -> Run:
+                spec: dict | None = None, dataset: str = "", device: str = "cpu", first_stage=None) -> Run:
     """Check that the files belong together, load the training split, hold out the validation
-    pairs, and bring both to the method's input form (egath.inputs)."""
+    pairs, and bring both to the method's input form (egath.inputs). `first_stage`: the output of
+    the method's first stage, for a method that trains in two steps (egath.first_stage)."""
     method_spec = MethodSpec.parse(method, spec)
     method_def = method_spec.method()
     # the method's authors' settings first, then the user's training block and overrides
@@ -230,6 +233,7 @@ def prepare_run(pairs_path, features_path, graph_path, method: str, bits: int, p
     dataset = dataset or lineage["dataset"]
     check_features(pairs_path, lineage, features_path)
     check_graph(pairs_path, lineage, graph_path)
+    stage = load_first_stage(first_stage, method_spec, method_params, bits, pairs_path, lineage)
     data = load_split(pairs_path, features_path, "train", text=method_spec.text)
     validation = None
     if cfg.n_validation > 0:
@@ -240,13 +244,14 @@ def prepare_run(pairs_path, features_path, graph_path, method: str, bits: int, p
                          f"{pairs_path} has {data.labels.shape[1]}")
     transform = InputTransform.fit(method_def.inputs.override(method_spec.inputs), data.image, data.text)
     inputs_sha256 = _digest(data.image, data.text, data.labels, graph.adjacency, graph.node_features,
+                            *(stage[name] for name in sorted(stage or {})),
                             *((validation.image, validation.text, validation.labels) if validation else ()))
     if validation is not None:
         validation = transform.apply(validation)
     return Run(name=f"{dataset} {method} {bits} bits", spec=method_spec, method=method_def, bits=bits,
                cfg=cfg, params=method_params, data=transform.apply(data).to(device), validation=validation,
                graph=graph, transform=transform, inputs_sha256=inputs_sha256, dataset=dataset,
-               device=device)
+               device=device, first_stage=stage)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -288,7 +293,9 @@ class TrainingState:
 def start_training(run: Run) -> TrainingState:
     """The model, objective and optimisers of a run, seeded by its training seed."""
     torch.manual_seed(run.cfg.seed)
-    model, objective = run.method.build(run.bits, run.cfg, run.params, run.data, run.graph)
+    # a two-step method's build takes its first stage's output as well
+    stage = {} if run.first_stage is None else {"first_stage": run.first_stage}
+    model, objective = run.method.build(run.bits, run.cfg, run.params, run.data, run.graph, **stage)
     model = model.to(run.device)
     # a closed-form method (fitted when built) has nothing to train
     trains = any(p.requires_grad for p in model.parameters())
@@ -408,7 +415,7 @@ def run_epochs(run: Run, state: TrainingState, after_epoch=None) -> None:
 
 def train(pairs_path, features_path, graph_path, out_path, method: str, bits: int,
           params: dict, checkpoint_path=None, device: str = "cpu", dataset: str = "",
-          spec: dict | None = None, reuse_path=None) -> dict:
+          spec: dict | None = None, reuse_path=None, first_stage=None) -> dict:
     """Train one method and write its self-describing checkpoint to `out_path`.
 
     `method` names the run; `spec` (model, text input, params, inputs) defaults to the method name
@@ -416,9 +423,11 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
     (default: `out_path` + `.ckpt`) holds the state after each epoch; it is removed once
     `out_path` is written. `reuse_path`, if given, keeps a hard link to the finished model: a later
     call with the same settings and inputs (the same run key) takes it from there instead of
-    training.
+    training. `first_stage`: the output of a two-step method's first stage (egath.first_stage),
+    part of the run key.
     """
-    run = prepare_run(pairs_path, features_path, graph_path, method, bits, params, spec, dataset, device)
+    run = prepare_run(pairs_path, features_path, graph_path, method, bits, params, spec, dataset, device,
+                      first_stage)
     run_key = run.key()
     if reuse_path is not None and Path(reuse_path).exists():
         done = _load_cache(reuse_path, "cpu", run)

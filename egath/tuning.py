@@ -80,11 +80,14 @@ def score_trial(run: Run, settings: dict) -> float | None:
 
 
 def tune(pairs_path, features_path, graph_path, out_path, method: str, bits: int, params: dict,
-         spec: dict | None, budget: TuningBudget, dataset: str = "", device: str = "cpu") -> dict:
-    """Search the method's tuning space with `budget` and write tuning.json to `out_path`."""
+         spec: dict | None, budget: TuningBudget, dataset: str = "", device: str = "cpu",
+         first_stage=None) -> dict:
+    """Search the method's tuning space with `budget` and write tuning.json to `out_path`; a
+    two-step method's trials share `first_stage`, its first stage's output (egath.first_stage)."""
     run = prepare_run(pairs_path, features_path, graph_path, method, bits,
                       {**params, "epochs": budget.epochs, "n_validation": budget.n_validation,
-                       "validation_seed": budget.seed, "seed": budget.seed}, spec, dataset, device)
+                       "validation_seed": budget.seed, "seed": budget.seed}, spec, dataset, device,
+                      first_stage)
     space = dict(run.method.tuning_space)
     trials = trial_settings(space, budget)
     key = {**run.key(), "budget": asdict(budget), "trials": trials}

@@ -7,7 +7,7 @@ from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)  # the egath package beside the Snakefile
 from egath.io import files_digest
-from egath.methods import check_model
+from egath.methods import FIRST_STAGES, check_model
 from egath.naming import encoder_slug
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -162,6 +162,32 @@ def get_tuning(wildcards):
     return (
         f"results/{wildcards.dataset}/{wildcards.method}/{wildcards.bits}/tuning.json"
     )
+
+
+# the methods of this config that train in two steps: only these have a first stage
+TWO_STEP_METHODS = [m for m in METHODS if method_model(m) in FIRST_STAGES]
+
+
+def get_first_stage(wildcards):
+    """The output of the method's first stage where it trains in two steps (FIRST_STAGES): an
+    input of its training and tuning."""
+    if method_model(wildcards.method) not in FIRST_STAGES:
+        return []
+    return f"results/{wildcards.dataset}/{wildcards.method}/{wildcards.bits}/first_stage.pt"
+
+
+def get_first_stage_spec(wildcards):
+    """What the first stage depends on of the method's entry: its model, its text input and the
+    first step's own settings (`params.<key>`, FIRST_STAGES); a change of the second step's
+    settings does not rerun it."""
+    model = method_model(wildcards.method)
+    spec = get_method_spec(wildcards)
+    key = FIRST_STAGES[model].settings
+    return {
+        "model": model,
+        "text": spec.get("text", "bow"),
+        "params": {key: spec.get("params", {}).get(key, {})},
+    }
 
 
 def get_tuning_budget(wildcards):

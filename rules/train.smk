@@ -7,6 +7,7 @@ rule train:
         graph=rules.build_graph.output.graph,
         method_file=get_method_file,
         tuning=get_tuning,
+        first_stage=get_first_stage,
     output:
         models=expand(
             "results/{{dataset}}/{{method}}/{{bits}}/seed{seed}/model.pt", seed=SEEDS

@@ -6,6 +6,7 @@ rule tune:
         features=get_features,
         graph=rules.build_graph.output.graph,
         method_file=get_method_file,
+        first_stage=get_first_stage,
     output:
         tuning="results/{dataset}/{method}/{bits}/tuning.json",
     log:

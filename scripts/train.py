@@ -25,4 +25,5 @@ train_and_evaluate(
     dataset=snakemake.wildcards.dataset,
     threads=snakemake.threads,
     tuning=snakemake.input.tuning or None,
+    first_stage=snakemake.input.first_stage or None,
 )

@@ -20,4 +20,5 @@ tune(
     budget=TuningBudget.from_dict(snakemake.params.budget),
     dataset=snakemake.wildcards.dataset,
     device=select_device(snakemake.params.device, gpu_slots=snakemake.params.gpu_slots),
+    first_stage=snakemake.input.first_stage or None,
 )

@@ -82,19 +82,20 @@ def assert_same_state(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
-def train_separable(files, out, model, text, params):
-    """Train method model `model` with text input `text` on the separable problem into `out`."""
+def train_separable(files, out, model, text, params, **options):
+    """Train method model `model` with text input `text` on the separable problem into `out`;
+    `options` go to egath.training.train (a two-step method's `first_stage`)."""
     return training.train(files["pairs"], files["features"], files["graph"], out, f"{model}-{text}", BITS,
-                          dict(params), dataset="separable", spec={"model": model, "text": text})
+                          dict(params), dataset="separable", spec={"model": model, "text": text}, **options)
 
 
-def train_rebuild_encode(files, tmp_path, model, text, params, loss_falls_from=1):
+def train_rebuild_encode(files, tmp_path, model, text, params, loss_falls_from=1, **options):
     """Train on the separable problem into tmp_path/model.pt and check the run: its loss is finite
     and the last epoch's is below epoch `loss_falls_from`'s (None: a closed-form model, no epochs),
     model.pt rebuilds `model`'s class with the trained weights, and encode_dataset writes the codes
     of the rebuilt model's encode_image and encode_text. Returns the result and its query/database mAP."""
     out = tmp_path / "model.pt"
-    result = train_separable(files, out, model, text, params)
+    result = train_separable(files, out, model, text, params, **options)
     assert out.exists() and not (tmp_path / "model.pt.ckpt").exists()
     history = result["history"]
     if loss_falls_from is None:

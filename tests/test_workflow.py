@@ -284,29 +284,24 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def test_a_killed_training_job_resumes_with_rerun_incomplete(tmp_path):
-    """SIGKILL of the training job after a checkpoint; the rerun picks up from that epoch."""
+def kill_job_once_written(workdir: Path, config: Path, script: str, written: Path, *targets: str) -> None:
+    """Run the workflow (or `targets`) in `workdir` and SIGKILL every job that runs `script` as soon
+    as `written` exists; Snakemake must then fail."""
     import signal
     import time
 
-    import torch
-
-    epochs = 400
-    config = write_config(tmp_path / "kill.yaml", {
-        **TINY_CONFIG, "bits": [8], "seeds": [0], "training": {**TINY_CONFIG["training"], "epochs": epochs}})
-    run = tmp_path / "results/tiny/egath/8/seed0"
-    cmd = [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--cores", "1",
-           "--configfile", str(config), "--replace-workflow-config"]
-    with open(tmp_path / "first.out", "w") as out:
+    cmd = [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "1",
+           "--configfile", str(config), "--replace-workflow-config", *targets]
+    with open(workdir / "first.out", "w") as out:
         first = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
         deadline = time.monotonic() + 400
-        while not (run / "model.pt.ckpt").exists():
-            assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "first.out").read_text()
+        while not written.exists():
+            assert first.poll() is None and time.monotonic() < deadline, (workdir / "first.out").read_text()
             time.sleep(0.05)
         jobs = [p for p in descendants(first.pid)
-                if "train.py" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
-        assert jobs, "no training job found"
+                if script in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
+        assert jobs, f"no job running {script} found"
         for pid in jobs:
             os.kill(pid, signal.SIGKILL)
         assert first.wait(timeout=120) != 0
@@ -314,6 +309,17 @@ def test_a_killed_training_job_resumes_with_rerun_incomplete(tmp_path):
         if first.poll() is None:
             first.kill()
             first.wait()
+
+
+def test_a_killed_training_job_resumes_with_rerun_incomplete(tmp_path):
+    """SIGKILL of the training job after a checkpoint; the rerun picks up from that epoch."""
+    import torch
+
+    epochs = 400
+    config = write_config(tmp_path / "kill.yaml", {
+        **TINY_CONFIG, "bits": [8], "seeds": [0], "training": {**TINY_CONFIG["training"], "epochs": epochs}})
+    run = tmp_path / "results/tiny/egath/8/seed0"
+    kill_job_once_written(tmp_path, config, "train.py", run / "model.pt.ckpt")
     assert not (run / "model.pt").exists()
     done = torch.load(run / "model.pt.ckpt", weights_only=False)["epoch"]
     assert 1 <= done < epochs

@@ -27,6 +27,7 @@ REGISTRY = {  # model name -> where its Method is defined
     "dnph": "egath.methods.dnph:METHOD",
     "dnph-tmm": "egath.methods.dnph_tmm:METHOD",
     "dimch": "egath.methods.dimch:METHOD",
+    "twdh": "egath.methods.twdh:METHOD",
     "itq": "egath.methods.itq:METHOD",
     "gcdh": "egath.methods.gcdh:METHOD",
     "dcmh": "egath.methods.dcmh:METHOD",
@@ -38,6 +39,21 @@ REGISTRY = {  # model name -> where its Method is defined
 # EGATH and the paper's ablations: the tables and figures list them first
 EGATH_FAMILY = ("egath", "egath-g", "egath-t")
 TEXT_INPUTS = ("bow", "clip")
+
+
+@dataclass(frozen=True)
+class FirstStage:
+    """The first step of a method that trains in two: a workflow job of its own (rule first_stage,
+    egath.first_stage) whose output file the method's training and tuning read."""
+    run: str  # "module:function" of the step, imported only by its job
+    settings: str  # the key of the method's `params` that holds the step's own settings
+
+
+# The methods that train in two steps, by model name: the one list of them. The workflow reads it
+# when it starts (so it names no torch module), to give those methods a first-stage job.
+FIRST_STAGES = {
+    "twdh": FirstStage(run="egath.methods.twdh:fit_transform", settings="transform"),
+}
 
 
 def _location(model: str) -> tuple[str, str]:
