@@ -204,7 +204,7 @@ def test_default_config_plans_the_paper_grid_offline(tmp_path):
     result = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config.yaml"))
     jobs = planned_jobs(result)
     methods = yaml.safe_load((REPO / "config.yaml").read_text())["methods"]
-    assert len(methods) >= 16  # the paper's comparison and the CLIP-era peers
+    assert len(methods) >= 17  # the paper's comparison and the CLIP-era peers
     assert jobs["train"] == 3 * len(methods) * 3 and jobs["download_dataset"] == 3 and jobs["extract_features"] == 3
     assert jobs["tune"] == jobs["train"] and jobs["tuning_table"] == 1  # every cell tuned, by default
     # weights and GloVe vectors are fetched once, by local rules, for all datasets
