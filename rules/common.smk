@@ -203,9 +203,25 @@ def get_tunings():
     ]
 
 
+def get_seed_results():
+    """model.pt, codes.h5 and metrics.json of every seed of every cell."""
+    return expand(
+        "results/{dataset}/{method}/{bits}/seed{seed}/{result}",
+        dataset=DATASETS,
+        method=METHODS,
+        bits=BITS,
+        seed=SEEDS,
+        result=["model.pt", "codes.h5", "metrics.json"],
+    )
+
+
 def get_final_output():
+    """Every result a user reads, so that Snakemake makes a deleted one again: it reruns a
+    job for a missing output only where a file it is asked for needs it."""
     tuned = any(is_tuned(method) for method in METHODS)
     return [
+        *get_seed_results(),
+        *get_tunings(),
         *expand(
             "results/tables/tuning.{ext}", ext=["csv", "md", "html"] if tuned else []
         ),

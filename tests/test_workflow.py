@@ -324,3 +324,28 @@ def test_a_killed_training_job_resumes_with_rerun_incomplete(tmp_path):
     history = torch.load(run / "model.pt", weights_only=False)["history"]
     assert [h["epoch"] for h in history] == list(range(1, epochs + 1))
     assert not (run / "model.pt.ckpt").exists() and (run / "metrics.json").exists()
+
+
+def test_a_deleted_per_seed_result_comes_back(demo_run, tmp_path):
+    """model.pt and metrics.json are results the workflow knows: deleted, they are made again
+    (the model taken from .trained/, the same weights), and the table is redone from them."""
+    import torch
+
+    workdir, config = demo_run
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy, symlinks=True)
+    model, metrics = "results/tiny/egath/8/seed1/model.pt", "results/tiny/egath/16/seed0/metrics.json"
+    (copy / model).unlink()
+    (copy / metrics).unlink()
+
+    plan = snakemake(copy, "-n", config=config)
+    assert planned_jobs(plan)["train"] == 2
+    snakemake(copy, "--cores", "2", config=config)
+    before = torch.load(workdir / model, weights_only=False)
+    after = torch.load(copy / model, weights_only=False)
+    assert before["state_dict"].keys() == after["state_dict"].keys()
+    for name, weights in before["state_dict"].items():
+        assert torch.equal(weights, after["state_dict"][name]), name
+    assert json.loads((copy / metrics).read_text())["tasks"] == json.loads((workdir / metrics).read_text())["tasks"]
+    assert "reusing results/tiny/egath/8/.trained/seed1.pt" in (copy / "logs/train/tiny/egath/8.log").read_text()
+    assert (copy / "results/tables/map.csv").stat().st_mtime > (copy / metrics).stat().st_mtime
