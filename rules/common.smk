@@ -29,7 +29,7 @@ DATASETS = list(config["datasets"])
 BITS = config["bits"]
 METHODS = list(config["methods"])
 SEEDS = config["seeds"]
-EXAMPLE_METHODS = config["report"]["retrieval_examples"]
+EXAMPLE_METHODS = config["report"].get("retrieval_examples", METHODS)
 for _method in EXAMPLE_METHODS:
     if _method not in METHODS:
         raise ValueError(

@@ -83,3 +83,12 @@ def test_a_wrong_model_stops_the_dry_run_before_any_job(tmp_path, model, says):
     assert result.returncode != 0
     assert "methods.toy.model" in output and says in output
     assert "Job stats" not in output and not (tmp_path / "results").exists()
+
+
+def test_a_config_without_egath_shows_the_examples_of_the_methods_it_has(tmp_path):
+    (tmp_path / "methods").mkdir()
+    (tmp_path / TOY_MODEL).write_text(toy_source())
+    config = toy_config(tmp_path, {"toy": {"model": TOY_MODEL}})
+    plan = snakemake(tmp_path, "-n", config=config)
+    assert planned_jobs(plan)["retrieval_examples"] == 1
+    assert "results/figures/examples_tiny_toy_8.png" in plan.stdout
