@@ -85,5 +85,8 @@ rule build_pairs:
             dataset_config(wildcards)["source"] != "manifest"
             or dataset_config(wildcards)["allow_empty_text"]
         ),
+        allow_duplicate_images=lambda wildcards: dataset_config(wildcards)[
+            "allow_duplicate_images"
+        ],
     script:
         "../scripts/build_pairs.py"
