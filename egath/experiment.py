@@ -3,8 +3,8 @@ trained with every seed, each model encoded and evaluated.
 
 One process for all of it, because starting a process (importing torch and torch_geometric,
 several seconds) costs more than a small training run. A seed whose model was already trained
-with the same settings and inputs is reused, not trained again (egath.training.train's
-`reuse_path`), so adding seeds to the config trains only the new ones.
+under the same run key (settings, inputs, code, thread count) is reused, not trained again
+(egath.training.train's `reuse_path`), so adding seeds to the config trains only the new ones.
 """
 from __future__ import annotations
 
