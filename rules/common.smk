@@ -21,10 +21,11 @@ def method_model(method):
 
 
 def check_params(method):
-    """A method's `params` against its params dataclass. Only where it sets some: the check
-    imports the method's module, and with it torch (once per model)."""
+    """A method's `params` against its params dataclass. Only where it sets some, and only in
+    the run a user starts (not again in each cluster job's): the check imports the method's
+    module, and with it torch (once per model)."""
     params = (config["methods"][method] or {}).get("params")
-    if params:
+    if params and workflow.is_main_process:
         quiet_library_warnings()
         load_method(method_model(method)).make_params(params)
 

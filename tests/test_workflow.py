@@ -155,7 +155,7 @@ def test_changing_one_training_parameter_reruns_only_that_job(demo_run, tmp_path
                                     "retrieval_examples": 1, "all": 1}
     output = result.stdout + result.stderr
     assert "output: results/tiny/egath/16/seed0/model.pt" in output
-    assert "results/tiny/egath/8/seed0/model.pt" not in output
+    assert "output: results/tiny/egath/8/seed0/model.pt" not in output
     assert re.search(r"params have changed since last execution:\s+train\n", output)
 
 
@@ -380,6 +380,7 @@ def test_pairs_left_out_by_unreadable_images_skip_go_through_every_rule(tmp_path
         np.testing.assert_array_equal(codes["query/labels"][:], pairs["labels"][query])
     protocol = json.loads((run / "metrics.json").read_text())["protocol"]
     assert (protocol["n_query"], protocol["n_train"], protocol["n_database"]) == (19, 59, 99)
+    assert (protocol["torch_threads"], protocol["device"]) == (2, "cpu")  # the train rule's threads: 2
     assert (tmp_path / "results/figures/examples_tiny_egath_8.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "examples_tiny_egath_8.png" in (tmp_path / "report.html").read_text(errors="replace")
 
