@@ -48,6 +48,7 @@ def two_threads():
 def test_a_kept_model_is_reused_under_the_same_key(separable_files, tmp_path, caplog):
     kept = tmp_path / ".trained" / "seed0.pt"
     first = train(separable_files, tmp_path / "a.pt", reuse=kept)
+    caplog.clear()
     with caplog.at_level("INFO", logger="egath.training"):
         again = train(separable_files, tmp_path / "b.pt", reuse=kept)
     assert f"already trained with these settings, inputs and code: reusing {kept}" in caplog.text
