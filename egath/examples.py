@@ -22,24 +22,29 @@ MARKS = {True: "✓", False: "✗"}
 THUMBNAIL = 128  # pixels, longest side
 
 
+CODES = ("query/image", "query/text", "database/image", "database/text", "query/labels",
+         "database/labels", "query/rows", "database/rows")
+
+
 def _read(codes_path, pairs_path) -> dict:
-    with open_h5(codes_path, ("query/image", "query/text", "database/image", "database/text",
-                              "query/labels", "database/labels")) as f:
-        data = {key: f[key][()] for key in ("query/image", "query/text", "database/image",
-                                            "database/text", "query/labels", "database/labels")}
+    with open_h5(codes_path, CODES) as f:
+        data = {key: f[key][()] for key in CODES}
         attrs = {key: f.attrs.get(key, "") for key in ("dataset", "method", "bits")}
     with open_h5(pairs_path, ("ids", "image_paths", "texts", "labels", "label_names",
                               "split/query", "split/database")) as f:
         for key in ("ids", "image_paths", "texts", "label_names"):
             data[key] = string_array(f[key][()])
-        data["rows"] = {split: f[f"split/{split}"][()] for split in ("query", "database")}
+        splits = {split: f[f"split/{split}"][()] for split in ("query", "database")}
         labels = f["labels"][()]
-    # codes.h5 holds the rows of each split in pairs.h5's order: check that they are these rows
+    # codes.h5 names the pairs.h5 rows of its codes: the split's, less any whose image was
+    # skipped at extraction; check that they are rows of that split, with these labels
+    data["rows"] = {split: data.pop(f"{split}/rows") for split in splits}
     for split, rows in data["rows"].items():
-        if len(rows) != len(data[f"{split}/labels"]) or not np.array_equal(labels[rows] > 0,
-                                                                            data[f"{split}/labels"] > 0):
-            raise ValueError(f"{codes_path} does not hold the {split} set of {pairs_path} "
-                             f"({len(data[f'{split}/labels'])} rows against {len(rows)}, or other labels)")
+        if (len(rows) != len(data[f"{split}/labels"]) or not np.isin(rows, splits[split]).all()
+                or not np.array_equal(labels[rows] > 0, data[f"{split}/labels"] > 0)):
+            raise ValueError(f"{codes_path} does not hold the {split} set of {pairs_path}: its "
+                             f"{split}/rows are not rows of split/{split} with the same labels "
+                             "(codes of another pairs.h5?)")
     data["labels_all"] = labels
     data["attrs"] = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
     return data

@@ -3,8 +3,8 @@ trained with every seed, each model encoded and evaluated.
 
 One process for all of it, because starting a process (importing torch and torch_geometric,
 several seconds) costs more than a small training run. A seed whose model was already trained
-with the same settings and inputs is reused, not trained again (egath.training.train's
-`reuse_path`), so adding seeds to the config trains only the new ones.
+under the same run key (settings, inputs, code, thread count) is reused, not trained again
+(egath.training.train's `reuse_path`), so adding seeds to the config trains only the new ones.
 """
 from __future__ import annotations
 
@@ -47,7 +47,10 @@ def train_and_evaluate(pairs, features, graph, *, method: str, bits: int, seeds:
                        first_stage=first_stage)
         # encoding is a forward pass of small heads: the CPU does it, no GPU is held for it
         encode_dataset(model_path, pairs, features, codes_path, device="cpu")
-        seed_protocol = {**protocol, "training_seed": seed, "tuning": tuned, **result.get("protocol", {})}
+        key = result["run_key"]  # what the model trained on and with, as it happened
+        seed_protocol = {**protocol, "n_train": key["n_train"], "training_seed": seed, "tuning": tuned,
+                         "torch_threads": key["torch_threads"], "device": key["device"],
+                         **result.get("protocol", {})}
         results.append(write_metrics(codes_path, metrics_path, protocol=seed_protocol, threads=threads))
         tasks = results[-1]["tasks"]
         log.info("seed %d: mAP %s", seed, "  ".join(f"{task} {t['map']:.4f}" for task, t in tasks.items()))

@@ -99,16 +99,20 @@ def job_label(log_path) -> str:
     return "/".join(parts)
 
 
+def quiet_library_warnings() -> None:
+    """torch_geometric calls torch.jit.script when it is imported, which torch deprecates with a
+    FutureWarning: library internals, nothing a user can act on, at the top of every log."""
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+                            category=FutureWarning)
+
+
 def setup_logging(log_path: str | Path | None = None, level: int = logging.INFO) -> logging.Logger:
     """Send stderr (log records, progress bars, warnings) to `log_path` as well as the terminal.
 
     Returns the job's logger, for the one line a job that has nothing else to say writes of what
     it did.
     """
-    # torch_geometric calls torch.jit.script when it is imported, which torch deprecates with a
-    # FutureWarning: library internals, nothing a user can act on, at the top of every log.
-    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
-                            category=FutureWarning)
+    quiet_library_warnings()
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         log_file = _LogFile(open(log_path, "w", buffering=1, encoding="utf-8"))

@@ -42,11 +42,12 @@ from egath.graph import LabelGraph, load_graph
 from egath.inputs import InputTransform
 from egath.io import atomic_output, check_finite, open_h5, string_array
 from egath.lineage import MismatchError, check_features, check_graph, pairs_lineage
-from egath.methods import MethodSpec
+from egath.methods import MethodSpec, method_source
 from egath.methods.base import Method, binarize
 from egath.metrics import mean_average_precision
 from egath.provenance import training_inputs
 from egath import settings
+from egath.sources import code_digests
 
 log = logging.getLogger(__name__)
 
@@ -210,10 +211,14 @@ class Run:
 
     def key(self) -> dict:
         """Everything the trained weights depend on: decides whether a checkpoint is resumed
-        or a kept model reused."""
+        or a kept model reused. Beside the settings and the data: the code that trains (the
+        method's module and the egath modules it and egath.training import, egath.sources),
+        and torch's thread count and the device, which change the float results."""
         return {"method_spec": asdict(self.spec), "bits": self.bits, "config": asdict(self.cfg),
                 "method_params": asdict(self.params), "n_train": self.data.labels.shape[0],
-                "inputs_sha256": self.inputs_sha256}
+                "inputs_sha256": self.inputs_sha256,
+                "code": code_digests([method_source(self.spec.model), "egath.training"]),
+                "torch_threads": torch.get_num_threads(), "device": torch.device(self.device).type}
 
 
 def prepare_run(pairs_path, features_path, graph_path, method: str, bits: int, params: dict,
@@ -432,10 +437,13 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
     if reuse_path is not None and Path(reuse_path).exists():
         done = _load_cache(reuse_path, "cpu", run)
         if done.get("run_key") == run_key:
-            log.info("%s seed %d: already trained with these settings and inputs: reusing %s",
+            log.info("%s seed %d: already trained with these settings, inputs and code: reusing %s",
                      run.name, run.cfg.seed, reuse_path)
             _link(reuse_path, out_path)
             return done
+        if done:
+            log.info("%s seed %d: training again: %s was trained with other %s", run.name, run.cfg.seed,
+                     reuse_path, ", ".join(key_changes(done.get("run_key", {}), run_key)))
     state = start_training(run)
     checkpoint_path = Path(checkpoint_path or f"{out_path}.ckpt")
     on_gpu = str(device).startswith("cuda")
@@ -445,9 +453,9 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
             state.restore(ckpt, on_gpu)
             log.info("%s seed %d: resuming from %s after epoch %d", run.name, run.cfg.seed,
                      checkpoint_path, state.epoch)
-        else:
-            log.info("%s seed %d: ignoring %s: it belongs to other settings or inputs",
-                     run.name, run.cfg.seed, checkpoint_path)
+        elif ckpt:
+            log.info("%s seed %d: ignoring %s: it belongs to other %s", run.name, run.cfg.seed,
+                     checkpoint_path, ", ".join(key_changes(ckpt.get("run_key", {}), run_key)))
 
     def save_checkpoint(state):
         with atomic_output(checkpoint_path) as tmp:
@@ -471,6 +479,18 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
         _link(out_path, reuse_path)
     checkpoint_path.unlink(missing_ok=True)
     return result
+
+
+def key_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """The entries in which two run keys differ, dotted (`config.lr`, `code.egath/training.py`)."""
+    changes = []
+    for name in sorted(set(old) | set(new), key=str):
+        a, b = old.get(name), new.get(name)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += key_changes(a, b, f"{prefix}{name}.")
+        elif a != b:
+            changes.append(f"{prefix}{name}")
+    return changes
 
 
 def _load_cache(path, device, run: Run) -> dict:

@@ -8,8 +8,10 @@ dimension: a TrainConfig field or one of the method's own parameters). Every tri
 training pairs minus `n_validation` held out ones, keeps its weights by the run's selection rule
 (egath.training.select_weights), and is scored by the order-free validation mAP (mean of I->T and
 T->I). The best trial's values go to tuning.json (docs/formats.md); the training job applies them
-(`apply_tuning`). Each finished trial is added to tuning.json.partial, so a killed job resumes
-after its last finished trial.
+(`apply_tuning`). Each finished trial is added, with the search's key, to a file kept beside
+tuning.json (`trials_path`), so a killed job resumes after its last finished trial, and a job run
+again with the same key (settings, training data, code, torch threads) takes every trial from
+there instead of training it again, as a training job reuses its kept models.
 """
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ import torch
 
 from egath import settings
 from egath.io import atomic_output
-from egath.training import (Run, TrainConfig, prepare_run, run_epochs, select_weights, start_training,
+from egath.methods import method_source
+from egath.sources import code_digests
+from egath.training import (Run, TrainConfig, key_changes, prepare_run, run_epochs, select_weights, start_training,
                             validation_map)
 
 log = logging.getLogger(__name__)
@@ -90,11 +94,14 @@ def tune(pairs_path, features_path, graph_path, out_path, method: str, bits: int
                       first_stage)
     space = dict(run.method.tuning_space)
     trials = trial_settings(space, budget)
-    key = {**run.key(), "budget": asdict(budget), "trials": trials}
-    partial = Path(f"{out_path}.partial")
-    done = _finished_trials(partial, key)
+    # the search's own code too, beside the training's
+    key = {**run.key(), "code": code_digests([method_source(run.spec.model), "egath.tuning"]),
+           "budget": asdict(budget), "trials": trials}
+    kept = trials_path(out_path)
+    done = _finished_trials(kept, key, run.name)
     if done:
-        log.info("%s: resuming the search after %d finished trials (%s)", run.name, len(done), partial)
+        log.info("%s: %d of the %d trials already run with these settings, inputs and code: reusing "
+                 "them (%s)", run.name, len(done), len(trials), kept)
     for number, settings in enumerate(trials[len(done):], start=len(done)):
         started = time.perf_counter()
         score = score_trial(run, settings)
@@ -102,7 +109,7 @@ def tune(pairs_path, features_path, graph_path, out_path, method: str, bits: int
                      "seconds": time.perf_counter() - started})
         log.info("%s: trial %d/%d %s validation mAP %s (%.1f s)", run.name, number + 1, len(trials),
                  _describe(settings), "diverged" if score is None else f"{score:.4f}", done[-1]["seconds"])
-        _write_json(partial, {"key": key, "trials": done})
+        _write_json(kept, {"key": key, "trials": done})
     scored = [t for t in done if t["validation_map"] is not None]
     if not scored:
         raise FloatingPointError(f"{run.name}: every tuning trial diverged; lower the learning rates "
@@ -115,7 +122,6 @@ def tune(pairs_path, features_path, graph_path, out_path, method: str, bits: int
               "trials": done,
               "best": {"trial": best["trial"], "settings": best["settings"], "validation_map": best["validation_map"]}}
     _write_json(out_path, result)
-    partial.unlink(missing_ok=True)
     log.info("%s: best of %d trials: %s, validation mAP %.4f (untuned: %s)", run.name, len(trials),
              _describe(best["settings"]), best["validation_map"], done[0]["validation_map"])
     return result
@@ -144,12 +150,23 @@ def _describe(settings: dict) -> str:
     return ", ".join(f"{k}={v:.3g}" for k, v in settings.items()) or "untuned settings"
 
 
-def _finished_trials(partial: Path, key: dict) -> list[dict]:
+def trials_path(out_path) -> Path:
+    """Where a cell keeps its finished trials: beside its kept models, out of the DAG."""
+    return Path(out_path).parent / ".trained" / "tuning-trials.json"
+
+
+def _finished_trials(kept: Path, key: dict, name: str) -> list[dict]:
+    """The trials `kept` holds if it was written under `key`."""
     try:
-        state = json.loads(partial.read_text(encoding="utf-8"))
+        state = json.loads(kept.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return []
-    return state["trials"] if state.get("key") == json.loads(json.dumps(key)) else []
+    key = json.loads(json.dumps(key))  # as JSON reads it back: tuples become lists
+    if state.get("key") != key:
+        log.info("%s: searching again: %s holds trials of other %s", name, kept,
+                 ", ".join(key_changes(state.get("key", {}), key)))
+        return []
+    return state["trials"]
 
 
 def _write_json(path, value) -> None:

@@ -7,8 +7,10 @@ from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)  # the egath package beside the Snakefile
 from egath.io import files_digest
-from egath.methods import FIRST_STAGES, check_model
+from egath.logs import quiet_library_warnings
+from egath.methods import FIRST_STAGES, check_model, load_method, method_source
 from egath.naming import encoder_slug
+from egath.sources import code_sha256
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -18,18 +20,42 @@ def method_model(method):
     return (config["methods"][method] or {}).get("model", method)
 
 
-for _method in config["methods"]:  # a wrong model stops the run here, before any job
+def check_params(method):
+    """A method's `params` against its params dataclass. Only where it sets some, and only in
+    the run a user starts (not again in each cluster job's): the check imports the method's
+    module, and with it torch (once per model)."""
+    params = (config["methods"][method] or {}).get("params")
+    if params and workflow.is_main_process:
+        quiet_library_warnings()
+        load_method(method_model(method)).make_params(params)
+
+
+# A digest of the code each job runs (egath.sources): the method's module and the egath
+# modules it and the job's entry point import. A param of the train and tune rules, so an
+# edited method, or an upgraded package, reruns their jobs; Snakemake itself sees only a rule's
+# script change. Comments, formatting and docstrings do not count. A method that cannot run
+# stops the run here, before any job.
+CODE = {}  # (method, entry point) -> digest
+for _method in config["methods"]:
     try:
         check_model(method_model(_method))
+        for _entry in ("egath.experiment", "egath.tuning"):
+            CODE[_method, _entry] = code_sha256(
+                [method_source(method_model(_method)), _entry]
+            )
     except ValueError as e:
         raise ValueError(f"config key methods.{_method}.model: {e}") from None
+    try:
+        check_params(_method)
+    except ValueError as e:
+        raise ValueError(f"config key methods.{_method}.params: {e}") from None
 
 
 DATASETS = list(config["datasets"])
 BITS = config["bits"]
 METHODS = list(config["methods"])
 SEEDS = config["seeds"]
-EXAMPLE_METHODS = config["report"]["retrieval_examples"]
+EXAMPLE_METHODS = config["report"].get("retrieval_examples", METHODS)
 
 
 def method_bits(method):
@@ -137,10 +163,12 @@ def is_match(selector, value):
     return value in selector if isinstance(selector, list) else value == selector
 
 
-def get_method_file(wildcards):
-    """A user's method file is an input of its training, so editing it reruns the method."""
-    model = method_model(wildcards.method).partition(":")[0]
-    return [model] if model.endswith(".py") else []
+def get_training_code(wildcards):
+    return CODE[wildcards.method, "egath.experiment"]
+
+
+def get_tuning_code(wildcards):
+    return CODE[wildcards.method, "egath.tuning"]
 
 
 def get_method_spec(wildcards):
@@ -197,11 +225,9 @@ def get_tuning_budget(wildcards):
 
 def get_protocol(wildcards):
     """What metrics.json records of the protocol beyond what codes.h5 and the training know
-    (set sizes, epoch selection, training seed, code update)."""
-    cfg = dataset_config(wildcards)
+    (set sizes, epoch selection, training seed, thread count, code update)."""
     return {
-        "n_train": cfg["n_train"],
-        "split_seed": cfg["split_seed"],
+        "split_seed": dataset_config(wildcards)["split_seed"],
         "relevance": "shares at least one label",
         "map": "mAP@all",
         "tie_rule": "random order (expected over the orders of tied items)",
@@ -245,8 +271,16 @@ def get_tunings():
 
 
 def get_final_output():
+    """Every result a user reads, so that Snakemake makes a deleted one again: it reruns a
+    job for a missing output only where a file it is asked for needs it."""
     tuned = any(is_tuned(method) for method in METHODS)
     return [
+        *[
+            path
+            for result in ("model.pt", "codes.h5", "metrics.json")
+            for path in get_runs(result)
+        ],
+        *get_tunings(),
         *expand(
             "results/tables/tuning.{ext}", ext=["csv", "md", "html"] if tuned else []
         ),

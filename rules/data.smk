@@ -80,10 +80,15 @@ rule build_pairs:
         n_query=lambda wildcards: dataset_config(wildcards)["n_query"],
         n_train=lambda wildcards: dataset_config(wildcards)["n_train"],
         split_seed=lambda wildcards: dataset_config(wildcards)["split_seed"],
-        # the preparers keep empty texts where their protocol does; a user's manifest opts in
+        # the preparers keep empty texts and images listed twice where their protocol does
+        # (NUS-WIDE's image list names six photos twice); a user's manifest opts in
         allow_empty_text=lambda wildcards: (
             dataset_config(wildcards)["source"] != "manifest"
             or dataset_config(wildcards)["allow_empty_text"]
+        ),
+        allow_duplicate_images=lambda wildcards: (
+            dataset_config(wildcards)["source"] != "manifest"
+            or dataset_config(wildcards)["allow_duplicate_images"]
         ),
     script:
         "../scripts/build_pairs.py"

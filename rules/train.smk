@@ -5,7 +5,6 @@ rule train:
         pairs=rules.build_pairs.output.pairs,
         features=get_features,
         graph=rules.build_graph.output.graph,
-        method_file=get_method_file,
         tuning=get_tuning,
         first_stage=get_first_stage,
     output:
@@ -35,6 +34,7 @@ rule train:
         spec=get_method_spec,
         seeds=SEEDS,
         protocol=get_protocol,
+        code=get_training_code,
         device=config["device"],
         gpu_slots=config["gpu_slots"],
     script:

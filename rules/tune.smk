@@ -5,7 +5,6 @@ rule tune:
         pairs=rules.build_pairs.output.pairs,
         features=get_features,
         graph=rules.build_graph.output.graph,
-        method_file=get_method_file,
         first_stage=get_first_stage,
     output:
         tuning="results/{dataset}/{method}/{bits}/tuning.json",
@@ -24,6 +23,7 @@ rule tune:
         training=get_train_params,
         spec=get_method_spec,
         budget=get_tuning_budget,
+        code=get_tuning_code,
         device=config["device"],
         gpu_slots=config["gpu_slots"],
     script:

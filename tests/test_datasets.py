@@ -440,3 +440,40 @@ def test_every_missing_image_is_counted_and_ten_named(tmp_path):
     assert f"{manifest}:11: image of sample 's9' not found" in message
     assert "'s10'" not in message  # beyond the first ten
     assert_nothing_written(out_dir)
+
+
+def test_a_manifest_without_any_word_is_refused_even_with_empty_texts_allowed(tmp_path):
+    rows = ["a1\ti/a1.png\t---\tdog", "a2\ti/a2.png\t\tcat", "a3\ti/a3.png\t###\tsky"]
+    manifest = write_manifest(tmp_path / "m", rows)
+    with pytest.raises(ValueError) as info:
+        build_pairs(manifest, tmp_path / "o" / "p.h5", "e", bow_dim=10, n_query=1, n_train=1,
+                    split_seed=0, allow_empty_text=True)
+    message = str(info.value)
+    assert f"{manifest}: none of the 3 texts has a word" in message and "Give the samples texts" in message
+    assert_nothing_written(tmp_path / "o")
+
+
+def test_one_image_under_two_ids_is_refused_counted_and_named(tmp_path):
+    rows = HAND_ROWS + ["b1\ti/a2.png\tcat\tcat,sky", "b2\ti/a4.png\tsky\tsky", "b3\ti/./a2.png\tcat\tcat"]
+    manifest = write_manifest(tmp_path / "m", rows)
+    with pytest.raises(ValueError) as info:
+        build_pairs(manifest, tmp_path / "o" / "p.h5", "d", bow_dim=10, n_query=1, n_train=1, split_seed=0)
+    message = str(info.value)
+    assert "3 row(s) name an image that an earlier row names" in message
+    assert f"{manifest}:7: sample 'b1' has the image of sample 'a2' (line 3)" in message
+    assert f"{manifest}:9: sample 'b3' has the image of sample 'a2' (line 3)" in message
+    assert "allow_duplicate_images" in message
+    assert_nothing_written(tmp_path / "o")
+
+
+def test_duplicate_images_are_kept_when_allowed_and_counted(tmp_path, caplog):
+    rows = HAND_ROWS + ["b1\ti/a2.png\tcat\tcat,sky"]
+    manifest = write_manifest(tmp_path / "m", rows)
+    with caplog.at_level("WARNING"):
+        counts = build_pairs(manifest, tmp_path / "p.h5", "d", bow_dim=10, n_query=1, n_train=1,
+                             split_seed=0, allow_duplicate_images=True)
+    assert counts["samples"] == 6 and counts["duplicate_images"] == 1
+    assert "1 row(s) name an image that an earlier row names" in caplog.text
+    data, _ = read_pairs(tmp_path / "p.h5")
+    paths = decode(data["image_paths"][0])
+    assert paths[1] == paths[5] and len(set(paths)) == 5

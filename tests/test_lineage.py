@@ -192,6 +192,20 @@ def test_a_damaged_split_is_named_by_every_stage(separable_files, tmp_path, spli
     assert not (tmp_path / "graph.h5").exists() and not (tmp_path / "model.pt").exists()
 
 
+def test_training_rows_outside_the_database_are_named_by_every_stage(separable_files, tmp_path):
+    """A training set that holds a query row would train on a query: refused."""
+    with h5py.File(separable_files["pairs"]) as f:
+        query, train_rows = f["split/query"][()], f["split/train"][()]
+    leaked = np.sort(np.append(train_rows[1:], query[0]))
+    pairs = variant(separable_files["pairs"], tmp_path / "pairs.h5", datasets={"split/train": leaked})
+    message = f"{pairs}: split/train holds rows that are not in split/database"
+    with pytest.raises(ValueError, match=message):
+        build_graph(pairs, tmp_path / "graph.h5", 0.3, *clip_label_embeddings(separable_files["features"]))
+    with pytest.raises(ValueError, match=message):
+        train(separable_files, tmp_path / "model.pt", pairs=pairs)
+    assert not (tmp_path / "graph.h5").exists() and not (tmp_path / "model.pt").exists()
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda a: np.zeros_like(a), "ones on the diagonal"),
     (lambda a: a * 2, "must hold 0 or 1"),

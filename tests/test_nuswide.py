@@ -597,3 +597,46 @@ def test_copy_linked_into_raw_is_found(tmp_path):
     (tmp_path / "elsewhere" / "loop").symlink_to(raw)  # a link back up is walked once
     counts = prepare_nuswide(raw, tmp_path / "out")
     assert counts["images_by_photo_id"] == counts["kept"] == len(expected(10)[1])
+
+
+# ----------------------------------------------------------------------------- placeholders, documented
+
+def documented_placeholder_copies() -> int:
+    """The number of copies that makes a file a placeholder, as docs/datasets.md states it."""
+    import re
+
+    doc = (Path(__file__).resolve().parents[1] / "docs/datasets.md").read_text(encoding="utf-8")
+    found = re.findall(r"A file whose bytes \*\*at least (\d+)\*\* of the needed images share", doc)
+    assert len(found) == 1, "docs/datasets.md must state the placeholder threshold once"
+    return int(found[0])
+
+
+@pytest.mark.parametrize("below", [True, False])
+def test_the_documented_number_of_copies_makes_a_placeholder(tmp_path, below):
+    copies = documented_placeholder_copies() - below
+    raw = tmp_path / "raw"
+    write_official_files(raw)
+    write_photo_id_copy(raw / "images")
+    _, keep, _ = expected(10)
+    for i in keep[:copies]:
+        (raw / "images" / photo_copy_name(i)).write_bytes(placeholder_bytes())
+    counts = prepare_nuswide(raw, tmp_path / "out", allow_missing_images=True)
+    assert counts["dropped_placeholder_image"] == (0 if below else copies)
+    assert counts["kept"] == len(keep) - counts["dropped_placeholder_image"]
+
+
+def test_placeholders_among_missing_images_drop_exactly_their_own_samples(tmp_path):
+    """Missing images shift the positions of the present ones: the samples dropped as
+    placeholders must still be those whose file is the placeholder."""
+    raw = tmp_path / "raw"
+    write_official_files(raw)
+    _, keep, _ = expected(10)
+    missing, stand_ins = set(keep[:6]), set(keep[8:20])
+    write_photo_id_copy(raw / "images", skip=missing)
+    for i in stand_ins:
+        (raw / "images" / photo_copy_name(i)).write_bytes(placeholder_bytes())
+    counts = prepare_nuswide(raw, tmp_path / "out", allow_missing_images=True)
+    assert (counts["dropped_missing_image"], counts["dropped_placeholder_image"]) == (6, 12)
+    rows, _, _ = read_manifest(tmp_path / "out")
+    kept = {r[0] for r in rows}
+    assert kept == {sample_id(i) for i in keep} - {sample_id(i) for i in missing | stand_ins}

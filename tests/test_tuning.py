@@ -65,7 +65,8 @@ def test_tune_keeps_the_best_validation_trial_and_applies_it(separable_files, tm
     monkeypatch.setattr(tuning, "start_training", lambda run: seen.append(run.cfg) or real(run))
     out = tmp_path / "tuning.json"
     result = tuning.tune(*files_of(separable_files), out, "egath", BITS, PARAMS, None, BUDGET, dataset="separable")
-    assert json.loads(out.read_text()) == result and not (tmp_path / "tuning.json.partial").exists()
+    assert json.loads(out.read_text()) == result
+    assert json.loads(tuning.trials_path(out).read_text())["trials"] == result["trials"]
     assert len(result["trials"]) == 3 and result["trials"][0]["settings"] == {}
     scores = [t["validation_map"] for t in result["trials"]]
     assert result["best"]["validation_map"] == max(scores)
@@ -96,14 +97,13 @@ def test_a_killed_tuning_job_resumes_after_its_last_finished_trial(separable_fil
     monkeypatch.setattr(tuning, "score_trial", dies_in_the_second_trial)
     with pytest.raises(KeyboardInterrupt):
         tuning.tune(*files_of(separable_files), out, "egath", BITS, PARAMS, None, BUDGET)
-    assert not out.exists() and len(json.loads((tmp_path / "tuning.json.partial").read_text())["trials"]) == 1
+    assert not out.exists() and len(json.loads(tuning.trials_path(out).read_text())["trials"]) == 1
     calls.clear()
     monkeypatch.setattr(tuning, "score_trial", lambda run, settings: calls.append(settings) or real(run, settings))
     result = tuning.tune(*files_of(separable_files), out, "egath", BITS, PARAMS, None, BUDGET)
     assert len(calls) == 2 and calls[0] != {}  # the untuned trial was not run again
     assert len(result["trials"]) == 3
     # another budget does not resume from it
-    (tmp_path / "tuning.json.partial").write_text((tmp_path / "tuning.json").read_text())
     calls.clear()
     tuning.tune(*files_of(separable_files), out, "egath", BITS, PARAMS, None,
                 tuning.TuningBudget(trials=2, epochs=2, n_validation=16))

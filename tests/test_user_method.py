@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,10 @@ def toy_source() -> str:
     block = doc.split(BEGIN)[1].split(END)[0].strip()
     assert block.startswith("```python\n") and block.endswith("\n```")
     return block.removeprefix("```python\n").removesuffix("```")
+
+
+TOY_LOSS = 'terms["total"] = terms["pairwise"] + balance_weight * terms["balance"]'
+DOUBLED_LOSS = TOY_LOSS.replace('terms["pairwise"]', '2 * terms["pairwise"]')
 
 
 def toy_config(workdir: Path, methods: dict) -> Path:
@@ -71,6 +76,29 @@ def test_editing_the_method_file_reruns_only_its_training(toy_run):
     assert "method=toy" in output and "method=egath" not in output
 
 
+def test_an_edited_method_retrains_and_an_edited_comment_reruns_nothing(toy_run, tmp_path):
+    """The documented example: change the loss of methods/toy.py and run again."""
+    workdir, config = toy_run
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy, symlinks=True)
+    path = copy / TOY_MODEL
+    before = torch.load(copy / "results/tiny/toy/8/seed0/model.pt", weights_only=False)
+    path.write_text(toy_source().replace("# weight of the bit-balance term", "# the bit balance's weight"))
+    assert "Nothing to be done" in snakemake(copy, "-n", config=config).stdout
+
+    path.write_text(path.read_text().replace(TOY_LOSS, DOUBLED_LOSS))
+    plan = snakemake(copy, "-n", config=config)
+    assert planned_jobs(plan)["train"] == 1
+    assert "method=toy" in plan.stdout and "method=egath" not in plan.stdout
+    snakemake(copy, "--cores", "2", config=config)
+    log = (copy / "logs/train/tiny/toy/8.log").read_text()
+    assert "training again: results/tiny/toy/8/.trained/seed0.pt was trained with other code.methods/toy.py" in log
+    after = torch.load(copy / "results/tiny/toy/8/seed0/model.pt", weights_only=False)
+    assert not torch.equal(before["state_dict"]["image_hash.weight"], after["state_dict"]["image_hash.weight"])
+    for epoch in after["history"]:  # the new loss is what trained
+        assert epoch["total"] == pytest.approx(2 * epoch["pairwise"] + 0.1 * epoch["balance"])
+
+
 @pytest.mark.parametrize("model, says", [
     ("tyo", "unknown method model 'tyo'"),  # a typo of a registered name
     ("methods/missing.py", "no such file 'methods/missing.py'"),
@@ -83,3 +111,41 @@ def test_a_wrong_model_stops_the_dry_run_before_any_job(tmp_path, model, says):
     assert result.returncode != 0
     assert "methods.toy.model" in output and says in output
     assert "Job stats" not in output and not (tmp_path / "results").exists()
+
+
+def test_a_config_without_egath_shows_the_examples_of_the_methods_it_has(tmp_path):
+    (tmp_path / "methods").mkdir()
+    (tmp_path / TOY_MODEL).write_text(toy_source())
+    config = toy_config(tmp_path, {"toy": {"model": TOY_MODEL}})
+    plan = snakemake(tmp_path, "-n", config=config)
+    assert planned_jobs(plan)["retrieval_examples"] == 1
+    assert "results/figures/examples_tiny_toy_8.png" in plan.stdout
+
+
+def test_a_method_file_that_does_not_parse_stops_the_dry_run_naming_file_and_line(tmp_path):
+    (tmp_path / "methods").mkdir()
+    lines = toy_source().splitlines()
+    broken = next(i for i, line in enumerate(lines) if line.startswith("def toy_loss("))
+    lines[broken] = lines[broken].replace("def toy_loss(", "def toy_loss(:")
+    (tmp_path / TOY_MODEL).write_text("\n".join(lines) + "\n")
+    result = snakemake(tmp_path, "-n", config=toy_config(tmp_path, {"egath": {}, "toy": {"model": TOY_MODEL}}),
+                       check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "config key methods.toy.model" in output and f"{TOY_MODEL}:{broken + 1}: invalid syntax" in output
+    assert "Traceback" not in output and "Job stats" not in output and not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("entry, known", [
+    ({"model": TOY_MODEL, "params": {"lrr": 0.1}}, "['balance_weight']"),
+    ({"model": "gcdh", "params": {"lrr": 0.1, "adjacency_reweight": 0.5}}, "['adjacency_reweight']"),
+])
+def test_an_unknown_method_parameter_stops_the_dry_run_naming_the_known_ones(tmp_path, entry, known):
+    (tmp_path / "methods").mkdir()
+    (tmp_path / TOY_MODEL).write_text(toy_source())
+    result = snakemake(tmp_path, "-n", config=toy_config(tmp_path, {"egath": {}, "toy": entry}), check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "config key methods.toy.params" in output and "has no parameters ['lrr']; known: [" in output
+    assert known in output and "FutureWarning" not in output  # torch_geometric's, on import
+    assert "Traceback" not in output and "Job stats" not in output and not (tmp_path / "results").exists()

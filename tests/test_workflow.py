@@ -44,11 +44,14 @@ TINY_CONFIG = {
 pytestmark = pytest.mark.workflow
 
 
-def snakemake(workdir: Path, *args: str, config: Path | None = None, check: bool = True):
-    cmd = [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
+def snakemake(workdir: Path, *args: str, config: Path | None = None, check: bool = True, workflow: Path = REPO):
+    """Run the workflow in `workflow` (default: this repository), its jobs importing its egath."""
+    cmd = [str(SNAKEMAKE), "-s", str(workflow / "Snakefile"), "-d", str(workdir)]
     if config is not None:
         cmd += ["--configfile", str(config), "--replace-workflow-config"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if workflow != REPO:
+        env.pop("PYTHONPATH", None)  # a PYTHONPATH would put another egath in front of the workflow's
     result = subprocess.run(cmd + list(args), capture_output=True, text=True, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd + list(args))} failed:\n{result.stdout}\n{result.stderr}")
@@ -152,7 +155,7 @@ def test_changing_one_training_parameter_reruns_only_that_job(demo_run, tmp_path
                                     "retrieval_examples": 1, "all": 1}
     output = result.stdout + result.stderr
     assert "output: results/tiny/egath/16/seed0/model.pt" in output
-    assert "results/tiny/egath/8/seed0/model.pt" not in output
+    assert "output: results/tiny/egath/8/seed0/model.pt" not in output
     assert re.search(r"params have changed since last execution:\s+train\n", output)
 
 
@@ -163,7 +166,7 @@ def test_adding_a_seed_trains_only_the_new_seed(demo_run, tmp_path):
     config = write_config(tmp_path / "more.yaml", {**TINY_CONFIG, "seeds": SEEDS + [2]})
     snakemake(copy, "--cores", "2", config=config)
     log = (copy / "logs/train/tiny/egath/8.log").read_text()
-    assert log.count("already trained with these settings and inputs") == len(SEEDS)
+    assert log.count("already trained with these settings, inputs and code") == len(SEEDS)
     assert log.count("epoch 2/2") == 1  # seed 2 alone trained
     for seed in SEEDS:  # the reused seeds keep their codes
         with h5py.File(workdir / f"results/tiny/egath/8/seed{seed}/codes.h5") as a, \
@@ -332,3 +335,83 @@ def test_a_killed_training_job_resumes_with_rerun_incomplete(tmp_path):
     history = torch.load(run / "model.pt", weights_only=False)["history"]
     assert [h["epoch"] for h in history] == list(range(1, epochs + 1))
     assert not (run / "model.pt.ckpt").exists() and (run / "metrics.json").exists()
+
+
+def test_a_deleted_per_seed_result_comes_back(demo_run, tmp_path):
+    """model.pt and metrics.json are results the workflow knows: deleted, they are made again
+    (the model taken from .trained/, the same weights), and the table is redone from them."""
+    import torch
+
+    workdir, config = demo_run
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy, symlinks=True)
+    model, metrics = "results/tiny/egath/8/seed1/model.pt", "results/tiny/egath/16/seed0/metrics.json"
+    (copy / model).unlink()
+    (copy / metrics).unlink()
+
+    plan = snakemake(copy, "-n", config=config)
+    assert planned_jobs(plan)["train"] == 2
+    snakemake(copy, "--cores", "2", config=config)
+    before = torch.load(workdir / model, weights_only=False)
+    after = torch.load(copy / model, weights_only=False)
+    assert before["state_dict"].keys() == after["state_dict"].keys()
+    for name, weights in before["state_dict"].items():
+        assert torch.equal(weights, after["state_dict"][name]), name
+    assert json.loads((copy / metrics).read_text())["tasks"] == json.loads((workdir / metrics).read_text())["tasks"]
+    assert "reusing results/tiny/egath/8/.trained/seed1.pt" in (copy / "logs/train/tiny/egath/8.log").read_text()
+    assert (copy / "results/tables/map.csv").stat().st_mtime > (copy / metrics).stat().st_mtime
+
+
+def test_pairs_left_out_by_unreadable_images_skip_go_through_every_rule(tmp_path):
+    """A truncated query image and a truncated training image with `unreadable_images: skip`:
+    every rule after extraction leaves their pairs out, the counts say so, and the run ends
+    with its report."""
+    config = write_config(tmp_path / "skip.yaml", {
+        **TINY_CONFIG, "bits": [8], "seeds": [0], "clip": {**TINY_CONFIG["clip"], "unreadable_images": "skip"}})
+    snakemake(tmp_path, "--cores", "2", "results/tiny/pairs.h5", config=config)
+    with h5py.File(tmp_path / "results/tiny/pairs.h5") as f:
+        query_row, train_row = int(f["split/query"][4]), int(f["split/train"][7])
+        paths = f["image_paths"].asstr()[()]
+    for row in (query_row, train_row):
+        image = tmp_path / paths[row]
+        image.write_bytes(image.read_bytes()[:len(image.read_bytes()) // 2])
+
+    snakemake(tmp_path, "--cores", "2", config=config)
+    snakemake(tmp_path, "--report", "report.html", config=config)
+    with h5py.File(tmp_path / "results/tiny/features/egath-tiny-vit_none.h5") as f:
+        assert np.flatnonzero(f["image_skipped"][:]).tolist() == sorted([query_row, train_row])
+    run = tmp_path / "results/tiny/egath/8/seed0"
+    with h5py.File(run / "codes.h5") as codes, h5py.File(tmp_path / "results/tiny/pairs.h5") as pairs:
+        query = [r for r in pairs["split/query"][:] if r != query_row]
+        assert codes["query/rows"][:].tolist() == query
+        assert codes["database/rows"][:].tolist() == [r for r in pairs["split/database"][:] if r != train_row]
+        np.testing.assert_array_equal(codes["query/labels"][:], pairs["labels"][query])
+    protocol = json.loads((run / "metrics.json").read_text())["protocol"]
+    assert (protocol["n_query"], protocol["n_train"], protocol["n_database"]) == (19, 59, 99)
+    assert (protocol["torch_threads"], protocol["device"]) == (2, "cpu")  # the train rule's threads: 2
+    assert (tmp_path / "results/figures/examples_tiny_egath_8.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "examples_tiny_egath_8.png" in (tmp_path / "report.html").read_text(errors="replace")
+
+
+def test_an_upgraded_method_module_reruns_and_retrains_its_cells(demo_run, tmp_path):
+    """An edit of egath/methods/egath.py, as a package upgrade brings, reruns egath's training
+    jobs, which train again instead of reusing the models of the old code."""
+    workdir, config = demo_run
+    source = tmp_path / "workflow"
+    source.mkdir()
+    for name in ("Snakefile", "config.yaml", "rules", "scripts", "egath", "schemas", "report", "envs"):
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copyfile
+        copy(REPO / name, source / name, **({"symlinks": True} if (REPO / name).is_dir() else {}))
+    run = tmp_path / "run"
+    shutil.copytree(workdir, run, symlinks=True)
+    assert "Nothing to be done" in snakemake(run, "-n", config=config, workflow=source).stdout
+
+    module = source / "egath/methods/egath.py"
+    module.write_text(module.read_text().replace('summary=f"transformer branches', 'summary=f"Transformer branches'))
+    plan = snakemake(run, "-n", config=config, workflow=source)
+    assert planned_jobs(plan)["train"] == len(BITS)
+    assert re.search(r"params have changed since last execution:\s+train", plan.stdout + plan.stderr)
+    snakemake(run, "--cores", "2", config=config, workflow=source)
+    log = (run / "logs/train/tiny/egath/8.log").read_text()
+    assert log.count("was trained with other code.egath/methods/egath.py") == len(SEEDS)
+    assert log.count("epoch 2/2") == len(SEEDS) and "reusing" not in log

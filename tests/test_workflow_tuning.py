@@ -62,9 +62,10 @@ def test_an_added_method_tunes_only_itself(tuned_run, tmp_path):
     config = write_config(tmp_path / "added.yaml", {**TUNED, "methods": {**TUNED["methods"], "dsph": {}}})
     plan = snakemake(workdir, "-n", config=config)
     output = plan.stdout + plan.stderr
-    # egath's codes are as they were: its retrieval examples stand
-    assert planned_jobs(plan) == {"tune": 1, "train": 1,
-                                  **{k: v for k, v in REPORTS.items() if k != "retrieval_examples"}}
+    # egath's codes are as they were: its retrieval examples stand, dsph's are new
+    assert planned_jobs(plan) == {"tune": 1, "train": 1, **REPORTS}
+    assert "output: results/figures/examples_tiny_dsph_8.png" in output
+    assert "output: results/figures/examples_tiny_egath_8.png" not in output
     assert "output: results/tiny/dsph/8/tuning.json" in output
     assert "output: results/tiny/egath/8/tuning.json" not in output
     egath = workdir / "results/tiny/egath/8/tuning.json"

@@ -29,6 +29,7 @@ class Manifest:
     texts: list[str]
     labels: np.ndarray  # (n, C) uint8 multi-hot
     label_names: list[str]
+    duplicate_images: int = 0  # rows whose image an earlier row names (allow_duplicate_images)
 
 
 def read_label_names(path: str | Path) -> list[str]:
@@ -45,11 +46,14 @@ def read_label_names(path: str | Path) -> list[str]:
 
 
 def read_manifest(manifest_path: str | Path, labels_path: str | Path | None = None,
-                  check_images: bool = True, allow_empty_text: bool = False) -> Manifest:
+                  check_images: bool = True, allow_empty_text: bool = False,
+                  allow_duplicate_images: bool = False) -> Manifest:
     """Read and check a manifest; every problem is reported with its file and line number.
 
     A row whose text gives no word (EMPTY_TEXT_RULE) is an error unless `allow_empty_text`:
-    in a user's own data it is more often a mistake than a choice.
+    in a user's own data it is more often a mistake than a choice. So is a row whose image file
+    an earlier row names, unless `allow_duplicate_images`: the split could put one copy among
+    the queries and the other in the training set.
     """
     manifest_path = Path(manifest_path)
     labels_path = Path(labels_path) if labels_path else manifest_path.with_name("labels.txt")
@@ -58,8 +62,9 @@ def read_manifest(manifest_path: str | Path, labels_path: str | Path | None = No
     if not manifest_path.exists():
         raise FileNotFoundError(f"{manifest_path}: manifest not found")
 
-    ids, image_paths, texts, label_rows, missing = [], [], [], [], []
+    ids, image_paths, texts, label_rows, missing, duplicates = [], [], [], [], [], []
     first_line_of_id: dict[str, int] = {}
+    first_row_of_image: dict[str, tuple[int, str]] = {}  # image path -> (line, id)
     lines = read_lines(manifest_path)
     header = lines[0].split("\t") if lines else None
     if header is None or tuple(header) != MANIFEST_COLUMNS:
@@ -95,19 +100,38 @@ def read_manifest(manifest_path: str | Path, labels_path: str | Path | None = No
         if check_images and not image_path.is_file():
             problem = "is a directory" if image_path.is_dir() else "not found"
             missing.append(f"{where}: image of sample {sample_id!r} {problem}: {image_path}")
+        if str(image_path) in first_row_of_image:
+            line, other = first_row_of_image[str(image_path)]
+            duplicates.append(f"{where}: sample {sample_id!r} has the image of sample {other!r} (line {line})")
+        else:
+            first_row_of_image[str(image_path)] = (line_no, sample_id)
         row_labels = np.zeros(len(label_names), np.uint8)
         row_labels[[label_index[name] for name in names]] = 1
         ids.append(sample_id)
         image_paths.append(str(image_path))
         texts.append(text)
         label_rows.append(row_labels)
-    if missing:  # every one counted, the first ten named, rather than one per run
-        more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
-        raise FileNotFoundError(f"{manifest_path}: {len(missing)} image(s) missing or not files:\n  "
-                                + "\n  ".join(missing[:10]) + more)
+    if missing:
+        raise FileNotFoundError(_listed(f"{manifest_path}: {len(missing)} image(s) missing or not files",
+                                        missing))
+    if duplicates:
+        found = _listed(f"{manifest_path}: {len(duplicates)} row(s) name an image that an earlier row "
+                        "names", duplicates)
+        if not allow_duplicate_images:
+            raise ValueError(f"{found}\nOne copy could land among the queries and the other in the "
+                             "training set. Give each image one row, or set allow_duplicate_images "
+                             "(config: `allow_duplicate_images: true` for the dataset) where "
+                             "several rows of one image are intended")
+        log.warning("%s; kept (allow_duplicate_images)", found)
     if not ids:
         raise ValueError(f"{manifest_path}: no samples")
-    return Manifest(ids, image_paths, texts, np.stack(label_rows), label_names)
+    return Manifest(ids, image_paths, texts, np.stack(label_rows), label_names, len(duplicates))
+
+
+def _listed(headline: str, problems: list[str]) -> str:
+    """Every problem counted, the first ten named, rather than one per run."""
+    more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+    return f"{headline}:\n  " + "\n  ".join(problems[:10]) + more
 
 
 def build_vocabulary(texts: list[str], size: int) -> list[str]:
@@ -144,15 +168,21 @@ def split_indices(n: int, n_query: int, n_train: int, seed: int) -> dict[str, np
 def build_pairs(manifest_path: str | Path, out_path: str | Path, dataset: str, bow_dim: int,
                 n_query: int, n_train: int, split_seed: int,
                 labels_path: str | Path | None = None,
-                allow_empty_text: bool = False) -> dict[str, int]:
+                allow_empty_text: bool = False, allow_duplicate_images: bool = False) -> dict[str, int]:
     """Write `pairs.h5` for a manifest. Returns the counts it logged.
 
     With `allow_empty_text`, a sample whose text gives no word keeps an all-zero
     bag-of-words row, as the published NUS-WIDE sets do, and its stored text (the one CLIP
-    encodes) is EMPTY_TEXT_PLACEHOLDER.
+    encodes) is EMPTY_TEXT_PLACEHOLDER; but a manifest none of whose texts has a word is refused.
     """
-    manifest = read_manifest(manifest_path, labels_path, allow_empty_text=allow_empty_text)
+    manifest = read_manifest(manifest_path, labels_path, allow_empty_text=allow_empty_text,
+                             allow_duplicate_images=allow_duplicate_images)
     vocabulary = build_vocabulary(manifest.texts, bow_dim)
+    if not vocabulary:
+        raise ValueError(f"{manifest_path}: none of the {len(manifest.texts)} texts has a word "
+                         f"({EMPTY_TEXT_RULE}), so no method has a text to learn from: neither a "
+                         "bag-of-words nor CLIP's text features (every text would be the placeholder "
+                         f"{EMPTY_TEXT_PLACEHOLDER!r}). Give the samples texts")
     bow = bag_of_words(manifest.texts, vocabulary)
     empty = [not tokenize(text) for text in manifest.texts]
     encoder_texts = [EMPTY_TEXT_PLACEHOLDER if e else text for e, text in zip(empty, manifest.texts)]
@@ -163,7 +193,7 @@ def build_pairs(manifest_path: str | Path, out_path: str | Path, dataset: str, b
     empty_bow = int((bow.sum(1) == 0).sum())
     counts = {"samples": len(manifest.ids), "labels": len(manifest.label_names),
               "vocabulary": len(vocabulary), "empty_texts": sum(empty),
-              "texts_without_vocabulary_words": empty_bow,
+              "texts_without_vocabulary_words": empty_bow, "duplicate_images": manifest.duplicate_images,
               **{f"n_{name}": len(idx) for name, idx in splits.items()}}
     log.info("%s: %s", dataset, counts)
 

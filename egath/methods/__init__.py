@@ -63,6 +63,11 @@ def _location(model: str) -> tuple[str, str]:
     return where, attribute
 
 
+def method_source(model: str) -> str:
+    """The module name or file path that holds a model's code (egath.sources reads it)."""
+    return _location(model)[0]
+
+
 def check_model(model: str) -> None:
     """Raise ValueError unless `model` names a registered method or an existing file/module.
     Cheap (imports nothing): the workflow calls it for every method before any job runs."""
