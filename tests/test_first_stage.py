@@ -92,6 +92,7 @@ def test_a_killed_first_stage_resumes_to_the_output_of_an_uninterrupted_run(sepa
     out, ckpt = tmp_path / "b.pt", tmp_path / "b.pt.ckpt"
     interrupted(separable_files, out, monkeypatch, epoch=3)
     assert not out.exists() and torch.load(ckpt, weights_only=False)["state"]["epoch"] == 2
+    caplog.clear()  # only the resumed run's lines (earlier tests may have turned INFO on)
     with caplog.at_level(logging.INFO):
         resumed = make(separable_files, out)
     assert f"resuming the first stage from {ckpt} after epoch 2" in caplog.text
@@ -153,7 +154,7 @@ def test_a_new_first_stage_is_never_mistaken_for_the_one_a_kept_model_was_traine
     train(tmp_path / "a.pt")
     with caplog.at_level(logging.INFO):
         train(tmp_path / "b.pt")
-    assert "already trained with these settings and inputs" in caplog.text
+    assert "already trained with these settings, inputs and code" in caplog.text
     # the same settings, another transform (the first stage made again by other code)
     record = torch.load(stage)
     record["tensors"]["transform"] = -record["tensors"]["transform"]

@@ -16,7 +16,6 @@ import pytest
 from PIL import Image
 
 from egath.cli import main
-from egath.datasets.images import PLACEHOLDER_MIN_COPIES
 from egath.datasets.manifest import build_pairs
 from egath.datasets.nuswide import photo_id, prepare_nuswide
 from egath.datasets.raw import DatasetError
@@ -517,17 +516,6 @@ def test_copy_with_placeholder_images(tmp_path, caplog):
     assert all(photo_copy_name(i) in caplog.text for i in stand_ins)  # the whole list
     rows, _, _ = read_manifest(tmp_path / "out")
     assert not {sample_id(i) for i in stand_ins} & {r[0] for r in rows}
-
-
-def test_fewer_identical_files_than_the_threshold_are_kept(tmp_path):
-    raw = tmp_path / "raw"
-    write_official_files(raw)
-    write_photo_id_copy(raw / "images")
-    _, keep, _ = expected(10)
-    for i in keep[:PLACEHOLDER_MIN_COPIES - 1]:
-        (raw / "images" / photo_copy_name(i)).write_bytes(placeholder_bytes())
-    counts = prepare_nuswide(raw, tmp_path / "out")
-    assert counts["dropped_placeholder_image"] == 0 and counts["kept"] == len(keep)
 
 
 def test_missing_images_in_the_imagelist_layout(nus_raw, tmp_path):
