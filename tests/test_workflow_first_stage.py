@@ -22,7 +22,7 @@ TWO_STEP = {**TINY_CONFIG, "bits": [8], "seeds": [0],
             "methods": {"twdh": {"params": {"transform": TRANSFORM}}, "egath": {"tune": False}},
             "tuning": {"enabled": True, "trials": 2, "epochs": 1, "n_validation": 12}}
 CELL = "results/tiny/twdh/8"
-REPORTS = {"tables": 1, "tuning_table": 1, "figures": 1, "loss_curves": 1, "all": 1}
+REPORTS = {"tables": 1, "retrieval_examples": 1, "tuning_table": 1, "figures": 1, "loss_curves": 1, "all": 1}
 
 
 @pytest.fixture(scope="module")
