@@ -1,11 +1,13 @@
-"""Which files belong together: pairs.h5, a features file, graph.h5 and model.pt each carry
-facts of what they were made from, and a file that does not belong with the others is refused
-with both files named and what differs (dataset, split, label set, source rows, encoder).
+"""Which files belong together: pairs.h5, a features file, graph.h5, model.pt and a search
+index each carry facts of what they were made from, and a file that does not belong with the
+others is refused with both files named and what differs (dataset, split, label set, source
+rows, vocabulary, encoder).
 
 The facts of pairs.h5 are computed from its datasets when it is read, so a pairs.h5 of any
 version can be checked; the other files record theirs when they are written (features:
 `source_sha256`, `dataset`; graph.h5: `dataset`, `split_sha256`, `labels_sha256`; model.pt:
-`inputs`). A fact a file does not record (written before it was recorded) is not compared.
+`inputs`, from `training_inputs`; a search index: the model's). A fact a file does not record
+(written before it was recorded) is not compared.
 """
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ import hashlib
 import numpy as np
 
 from egath.io import open_h5, string_array, strings_digest
-from egath.provenance import encoder_of, pairs_facts
 
 SPLITS = ("query", "database", "train")
 
@@ -48,17 +49,26 @@ def check_splits(pairs_path, n: int, splits: dict) -> None:
 
 def pairs_lineage(pairs_path) -> dict:
     """dataset, vocabulary, split, label-set and source-row digests and the row count of a
-    pairs.h5, whose splits are checked (check_splits)."""
+    pairs.h5, whose splits are checked (check_splits). A digest the file cannot give is ""."""
     with open_h5(pairs_path, ("image_paths", "texts", "label_names",
                               *(f"split/{s}" for s in SPLITS))) as f:
         paths, texts = string_array(f["image_paths"][()]), string_array(f["texts"][()])
         labels = string_array(f["label_names"][()])
         splits = {name: f[f"split/{name}"][()] for name in SPLITS}
+        vocabulary = string_array(f["vocabulary"][()]) if "vocabulary" in f else None
+        dataset = _attr(f, "dataset")
     check_splits(pairs_path, len(paths), splits)
-    return {**pairs_facts(pairs_path), "rows": len(paths), "split_sha256": split_digest(splits),
+    return {"dataset": dataset, "vocabulary_sha256": strings_digest(vocabulary) if vocabulary else "",
+            "rows": len(paths), "split_sha256": split_digest(splits),
             "labels_sha256": strings_digest(labels),
             # what a features file was extracted from (egath.features records the same digest)
             "source_sha256": strings_digest(paths, texts, labels)}
+
+
+def encoder_of(features_path) -> str:
+    """The CLIP encoder a features file names in its provenance: "model (pretrained)"."""
+    with open_h5(features_path) as f:
+        return f"{_attr(f, 'model')} ({_attr(f, 'pretrained') or 'none'})"
 
 
 def features_lineage(features_path) -> dict:
@@ -73,16 +83,31 @@ def graph_lineage(graph_path) -> dict:
                 "labels_sha256": strings_digest(string_array(f["label_names"][()]))}
 
 
+def training_inputs(pairs_path, features_path) -> dict:
+    """What model.pt records of its inputs (key `inputs`)."""
+    pairs = pairs_lineage(pairs_path)
+    return {**{key: pairs[key] for key in ("dataset", "vocabulary_sha256", "split_sha256",
+                                            "labels_sha256", "source_sha256")},
+            "encoder": encoder_of(features_path)}
+
+
 def model_lineage(ckpt: dict) -> dict:
-    """What a loaded model.pt says it was trained on."""
-    return {"dataset": ckpt["dataset"], **ckpt.get("inputs", {})}
+    """What a loaded model.pt says of itself and of what it was trained on."""
+    inputs = ckpt.get("inputs", {})
+    return {**inputs, "dataset": inputs.get("dataset") or ckpt["dataset"], "method": ckpt["method"],
+            "bits": int(ckpt["bits"])}
+
+
+def differing(a: dict, b: dict, keys) -> list[str]:
+    """The keys whose values differ where both sides know one: a side without a value (a file
+    from before that fact was recorded) leaves nothing to compare."""
+    return [key for key in keys
+            if a.get(key) not in (None, "") and b.get(key) not in (None, "") and str(a[key]) != str(b[key])]
 
 
 def check(a_path, a: dict, b_path, b: dict, keys) -> None:
-    """Raise MismatchError naming both files and each of `keys` on which their facts differ
-    (a fact one of them does not record is not compared)."""
-    found = [f"{key}: {a[key]} in {a_path}, {b[key]} in {b_path}" for key in keys
-             if a.get(key) not in (None, "") and b.get(key) not in (None, "") and str(a[key]) != str(b[key])]
+    """Raise MismatchError naming both files and each of `keys` on which their facts differ."""
+    found = [f"{key}: {a[key]} in {a_path}, {b[key]} in {b_path}" for key in differing(a, b, keys)]
     if found:
         raise MismatchError(f"{a_path} does not belong with {b_path}: " + "; ".join(found)
                             + ". Rebuild the one that is out of date (delete it and run again)")

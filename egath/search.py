@@ -33,7 +33,7 @@ import numpy as np
 
 from egath.collection import KINDS, MODALITIES, ModelInputs, as_cached, clip_text_inputs, read_collection
 from egath.io import atomic_output, open_h5, string_array
-from egath.provenance import differences, encoder_of, model_facts
+from egath import lineage
 
 log = logging.getLogger(__name__)
 
@@ -152,14 +152,13 @@ def build_index(model_path, out_path, *, pairs, features, collection=None, label
     manifest or folder that cannot be read does.
     """
     from egath.encoding import encode_codes
-    from egath.lineage import check_model, pairs_lineage
     from egath.methods import MethodSpec, model_from_checkpoint
 
     ckpt = _load_checkpoint(model_path)
-    facts = model_facts(ckpt)
+    facts = lineage.model_lineage(ckpt)
     spec = MethodSpec(**ckpt["method_spec"])
-    files = pairs_lineage(pairs)
-    check_model(model_path, ckpt, pairs, files, features)
+    files = lineage.pairs_lineage(pairs)
+    lineage.check_model(model_path, ckpt, pairs, files, features)
     with open_h5(pairs, ("vocabulary",)) as f:
         vocabulary = string_array(f["vocabulary"][()]) if spec.text == "bow" else []
     with open_h5(features, ("image", "text")) as f:
@@ -180,7 +179,7 @@ def build_index(model_path, out_path, *, pairs, features, collection=None, label
     meta = dict(
         model_path=os.path.abspath(model_path), model_sha256=file_sha256(model_path),
         method=facts["method"], text_input=spec.text, dataset=facts["dataset"], bits=facts["bits"],
-        encoder=encoder_of(features), clip_model=inputs.clip_model, clip_pretrained=inputs.clip_pretrained,
+        encoder=lineage.encoder_of(features), clip_model=inputs.clip_model, clip_pretrained=inputs.clip_pretrained,
         vocabulary_sha256=files["vocabulary_sha256"], collection=items.source,
         collection_kind=KINDS[items.kind])
     write_index(out_path, meta, ids=items.ids, image_paths=items.image_paths, texts=items.texts,
@@ -356,7 +355,8 @@ def check_model(index: Index, model_path) -> None:
         return
     meta = index.meta
     if file_sha256(model_path) != meta["model_sha256"]:
-        diffs = differences(model_facts(_load_checkpoint(model_path)), meta, _PAIRING_KEYS, ("model", "index"))
+        model = lineage.model_lineage(_load_checkpoint(model_path))
+        diffs = [f"{key}: model {model[key]}, index {meta[key]}" for key in lineage.differing(model, meta, _PAIRING_KEYS)]
         raise SearchError(
             f"model {model_path} is not the model index {index.path} was built with "
             f"({meta['model_path']}): " + "; ".join(diffs + ["weights: sha256 differs"])

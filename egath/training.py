@@ -41,11 +41,10 @@ from egath.first_stage import load_first_stage
 from egath.graph import LabelGraph, load_graph
 from egath.inputs import InputTransform
 from egath.io import atomic_output, check_finite, open_h5, string_array
-from egath.lineage import MismatchError, check_features, check_graph, pairs_lineage
+from egath.lineage import MismatchError, check_features, check_graph, pairs_lineage, training_inputs
 from egath.methods import MethodSpec, method_source
 from egath.methods.base import Method, binarize
 from egath.metrics import mean_average_precision
-from egath.provenance import training_inputs
 from egath import settings
 from egath.sources import code_digests
 
@@ -468,9 +467,7 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
               "method": method, "kind": run.method.kind, "method_spec": asdict(run.spec),
               "method_params": asdict(run.params), "input_transform": run.transform.state(),
               "dataset": run.dataset, "bits": bits, "epoch_selection": selection,
-              "inputs": {**training_inputs(pairs_path, features_path),
-                         **{key: value for key, value in pairs_lineage(pairs_path).items()
-                            if key in ("split_sha256", "labels_sha256", "source_sha256")}},
+              "inputs": training_inputs(pairs_path, features_path),
               "run_key": run_key,
               "protocol": state.objective.protocol()}
     with atomic_output(out_path) as tmp:

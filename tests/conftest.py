@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 import torch
 
@@ -12,6 +14,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def logging_levels_restored():
+    """`egath.cli.main`, called in-process by some tests, sets the root and egath loggers' levels;
+    later tests that read caplog must not inherit them."""
+    loggers = [logging.getLogger(), logging.getLogger("egath")]
+    levels = [logger.level for logger in loggers]
+    yield
+    for logger, level in zip(loggers, levels):
+        logger.setLevel(level)
 
 
 @pytest.fixture(scope="session")
