@@ -9,8 +9,10 @@
 # results/{dataset}/{method}/{bits}/seed{seed}/model.pt       one trained model per seed
 # results/{dataset}/{method}/{bits}/seed{seed}/codes.h5       query and database hash codes
 # results/{dataset}/{method}/{bits}/seed{seed}/metrics.json   mAP, precision-recall, precision@N
-# results/tables/map.{csv,md,tex}                  all runs in one table, mean ± std over seeds
-# results/figures/{pr,topn}_{dataset}_{bits}.{png,pdf}
+# results/tables/map.{csv,md,tex,html}             all runs in one table, mean ± std over seeds
+# results/tables/tuning.{csv,md,html}              what each tuned cell chose
+# results/figures/{pr,topn,loss}_{dataset}_{bits}.{png,pdf}
+# results/figures/examples_{dataset}_{method}_{bits}.{png,pdf}   retrieval examples
 
 from snakemake.utils import min_version
 

@@ -7,6 +7,9 @@
     egath graph results/demo/pairs.h5 results/demo/features.h5 results/demo/graph.h5 --threshold 0.3
     egath train results/demo/pairs.h5 results/demo/features.h5 results/demo/graph.h5 model.pt --bits 32 \
         --param epochs=30 --param lr=1e-3
+    egath first-stage results/demo/pairs.h5 results/demo/features.h5 first_stage.pt --method twdh --bits 32
+    egath train results/demo/pairs.h5 results/demo/features.h5 results/demo/graph.h5 twdh.pt --method twdh \
+        --bits 32 --first-stage first_stage.pt
     egath encode model.pt results/demo/pairs.h5 results/demo/features.h5 codes.h5
     egath evaluate codes.h5 metrics.json
     egath index model.pt index.h5 --collection results/demo/pairs.h5 --features results/demo/features.h5
@@ -30,6 +33,20 @@ def _param(text: str) -> tuple[str, object]:
         return key, json.loads(value)  # numbers, booleans
     except json.JSONDecodeError:
         return key, value
+
+
+def _method_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bits", type=int, required=True)
+    p.add_argument("--method", default="egath", help="a method's name (docs/methods.md) or a method file")
+    p.add_argument("--text", default="bow", help="the text input: bow (the bag-of-words) or clip")
+    p.add_argument("--method-param", type=_param, action="append", default=[],
+                   help="the method's own hyper-parameter KEY=VALUE (a JSON value), repeatable")
+    p.add_argument("--device", default="auto")
+
+
+def _method_spec(args) -> dict:
+    """What the config's `methods.<name>` entry says, from the command line."""
+    return {"text": args.text, "params": dict(args.method_param)}
 
 
 def main(argv=None) -> None:
@@ -74,16 +91,21 @@ def main(argv=None) -> None:
     p.add_argument("--threshold", type=float, default=0.3)
     p.add_argument("--glove", action="store_true", help="embeddings is a GloVe text file")
 
+    p = sub.add_parser("first-stage", help="the first step of a method that trains in two (TwDH)")
+    p.add_argument("pairs")
+    p.add_argument("features")
+    p.add_argument("out")
+    _method_options(p)
+
     p = sub.add_parser("train", help="train one model")
     p.add_argument("pairs")
     p.add_argument("features")
     p.add_argument("graph")
     p.add_argument("out")
-    p.add_argument("--bits", type=int, required=True)
-    p.add_argument("--method", default="egath")
+    _method_options(p)
     p.add_argument("--param", type=_param, action="append", default=[],
                    help="training parameter KEY=VALUE (egath.training.TrainConfig), repeatable")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--first-stage", help="the method's first_stage.pt (`egath first-stage`), for TwDH")
 
     p = sub.add_parser("encode", help="model.pt -> codes.h5")
     p.add_argument("model")
@@ -169,8 +191,13 @@ def main(argv=None) -> None:
     elif args.command == "train":
         from egath.devices import select_device
         from egath.training import train
-        train(args.pairs, args.features, args.graph, args.out, args.method, args.bits,
-              dict(args.param), device=select_device(args.device))
+        train(args.pairs, args.features, args.graph, args.out, args.method, args.bits, dict(args.param),
+              device=select_device(args.device), spec=_method_spec(args), first_stage=args.first_stage)
+    elif args.command == "first-stage":
+        from egath.devices import select_device
+        from egath.first_stage import run_first_stage
+        run_first_stage(args.pairs, args.features, args.out, args.method, args.bits,
+                        spec=_method_spec(args), device=select_device(args.device))
     elif args.command == "encode":
         from egath.devices import select_device
         from egath.encoding import encode_dataset

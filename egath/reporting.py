@@ -1,5 +1,5 @@
-"""Tables and figures from metrics.json files: the mAP table (CSV, Markdown, LaTeX) and the
-precision-recall and precision@N plots. Figures are drawn on matplotlib Figure objects
+"""Tables and figures from metrics.json files: the mAP table (CSV, Markdown, LaTeX, HTML), the
+tuning table, and the precision-recall, precision@N and loss-curve plots. Figures are drawn on matplotlib Figure objects
 (Agg), without pyplot's global state."""
 from __future__ import annotations
 

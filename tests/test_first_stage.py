@@ -4,6 +4,7 @@ to another run."""
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import subprocess
 import sys
@@ -164,3 +165,22 @@ def test_a_new_first_stage_is_never_mistaken_for_the_one_a_kept_model_was_traine
         result = train(tmp_path / "c.pt")
     assert "already trained" not in caplog.text
     assert torch.equal(result["state_dict"]["transform"], record["tensors"]["transform"])
+
+
+def test_a_two_step_method_trains_from_the_command_line(separable_files, tmp_path):
+    from egath.cli import main
+
+    files, transform = separable_files, json.dumps(SPEC["params"]["transform"])
+    stage, model = tmp_path / "first_stage.pt", tmp_path / "model.pt"
+    common = ["--method", "twdh", "--bits", str(BITS), "--method-param", f"transform={transform}", "--device", "cpu"]
+    main(["first-stage", str(files["pairs"]), str(files["features"]), str(stage), *common])
+    assert torch.load(stage, weights_only=True)["settings"]["long_bits"] == 8  # the command's setting
+    main(["train", str(files["pairs"]), str(files["features"]), str(files["graph"]), str(model), *common,
+          "--first-stage", str(stage), "--param", "epochs=2", "--param", "feature_dim=16"])
+    ckpt = torch.load(model, weights_only=False)
+    assert ckpt["method_params"]["transform"]["long_bits"] == 8 and ckpt["config"]["epochs"] == 2
+    with pytest.raises(ValueError, match="'twdh' trains in two steps"):
+        main(["train", str(files["pairs"]), str(files["features"]), str(files["graph"]), str(model), *common])
+    main(["train", str(files["pairs"]), str(files["features"]), str(files["graph"]), str(model), "--method", "itq",
+          "--text", "clip", "--bits", str(BITS), "--device", "cpu"])
+    assert torch.load(model, weights_only=False)["method_spec"]["text"] == "clip"

@@ -88,3 +88,15 @@ def test_own_data_config_names_a_missing_manifest(tmp_path):
     result = snakemake(tmp_path, "-n", config=REPO / "configs/own-data.yaml", check=False)
     assert result.returncode != 0
     assert "data/mydata/manifest.tsv" in result.stdout + result.stderr
+
+
+def test_every_training_setting_can_be_set_in_the_config():
+    # the schema forbids unknown keys, so a TrainConfig field it leaves out cannot be set at all
+    from dataclasses import fields
+
+    from egath.training import TrainConfig
+
+    schema = yaml.safe_load((REPO / "schemas/config.schema.yaml").read_text())
+    in_schema = set(schema["definitions"]["training"]["properties"])
+    settable = {f.name for f in fields(TrainConfig)} - {"seed"}  # set per run from `seeds`
+    assert in_schema == settable
