@@ -188,6 +188,8 @@ def test_report_holds_the_table_and_figures(demo_run):
     for row in means:
         assert f"{float(row['map']):.4f} \\u00b1 {float(row['map_std']):.4f}" in html
     assert "Training seeds:</strong> 0, 1" in html and "random weights" in html
+    # the selection the config leaves at its default (training.selection: average)
+    assert "weights evaluated:</strong> the average of the weights over the last 20 % of the epochs" in html
 
 
 @pytest.mark.parametrize("change, message", [
