@@ -285,7 +285,7 @@ def test_first_steps_settings_optimiser_and_schedule_are_the_authors(separable_f
     assert lrs[5] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     # the params' first-step settings are resolved, and an unknown one is refused by name
     assert twdh.METHOD.make_params({"transform": {"lr": 0.5}}).transform == {**vars(s), "lr": 0.5}
-    with pytest.raises(ValueError, match=r"params.transform has no settings \['learning_rate'\]"):
+    with pytest.raises(ValueError, match=r"unknown settings of method twdh's params.transform \['learning_rate'\]"):
         twdh.METHOD.make_params({"transform": {"learning_rate": 0.1}})
 
 

@@ -186,10 +186,11 @@ class HeadConfig:
     dropout: float = 0.1
 
     @classmethod
-    def for_data(cls, bits: int, cfg, data) -> "HeadConfig":
+    def for_data(cls, bits: int, cfg, data, **fields) -> "HeadConfig":
+        """The widths of `data` and the training settings `cfg`; `fields`: a subclass's own."""
         return cls(image_dim=data.image.shape[1], text_dim=data.text.shape[1],
                    n_labels=data.labels.shape[1], bits=bits, hidden_dim=cfg.feature_dim,
-                   dropout=cfg.dropout)
+                   dropout=cfg.dropout, **fields)
 
 
 def trunk(in_dim: int, cfg: HeadConfig) -> nn.Sequential:

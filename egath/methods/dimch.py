@@ -20,7 +20,7 @@ modality's cached pooled embedding is a sequence of one token, and a trunk
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -111,8 +111,7 @@ class DIMCH(Rebuildable):
 
     @classmethod
     def build(cls, bits: int, cfg, params: DimchParams, data):
-        config = DimchConfig(**asdict(HeadConfig.for_data(bits, cfg, data)), set_size=params.set_size,
-                             hash_dropout=params.hash_dropout)
+        config = DimchConfig.for_data(bits, cfg, data, set_size=params.set_size, hash_dropout=params.hash_dropout)
         return cls(config), StatelessObjective(lambda out, labels: dimch_loss(out, labels, params))
 
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from egath.methods.base import (HashNets, HeadConfig, Method, Range, StatelessObjective, bert_adam,
-                                label_similarity, trunk, warmup_cosine)
-from egath.methods.dsph import TanhHash  # DNpH's LinearHash is DSPH's: Linear, dropout 0.2, tanh
+from egath.methods.base import (HeadConfig, Method, Range, StatelessObjective, bert_adam, label_similarity,
+                                warmup_cosine)
+from egath.methods.dsph import TanhHashNets  # DNpH's LinearHash is DSPH's: Linear, dropout 0.2, tanh
 
 QSMI_EPS = 1e-8  # utils/qmi_loss.py: added to each code's norm before the cosines
 
@@ -28,15 +27,9 @@ class DnphTmmParams:
     warmup_proportion: float = 0.1  # utils/get_args.py --warmup-proportion
 
 
-class DNpH(HashNets):
-    """Per modality: trunk -> tanh hash layer (h in (-1, 1)^K)."""
-
-    def __init__(self, cfg: HeadConfig):
-        super().__init__()
-        self.cfg = cfg
-        # PyTorch's default Linear init: model/hash_model.py leaves its kaiming init commented out
-        self.image_net = nn.Sequential(trunk(cfg.image_dim, cfg), TanhHash(cfg.hidden_dim, cfg.bits))
-        self.text_net = nn.Sequential(trunk(cfg.text_dim, cfg), TanhHash(cfg.hidden_dim, cfg.bits))
+class DNpH(TanhHashNets):
+    """Per modality: trunk -> tanh hash layer (h in (-1, 1)^K). PyTorch's default Linear init:
+    model/hash_model.py leaves its kaiming init commented out."""
 
 
     @classmethod
@@ -62,7 +55,7 @@ def qsmi_loss(out: dict[str, torch.Tensor], labels: torch.Tensor,
     non-neighbour pair adds a constant 1 to `within` (as in the authors' value) and is pushed
     towards Y = 0 only by `between`, which weighs every pair by the batch's share of neighbours."""
     h_i, h_t = out["h_image"], out["h_text"]
-    d = label_similarity(labels, labels).to(h_i.dtype)  # (B, B); label_similarity gives float32
+    d = label_similarity(labels, labels).to(h_i.dtype)  # (B, B), in the codes' dtype
     neighbour_share = d.mean()  # 1 / M of the authors' loss, from the batch's labels
     similarities = [spherical_similarity(a, b) for a, b in ((h_i, h_i), (h_t, h_t), (h_i, h_t))]
     terms = {"within": sum((d * y - 1).pow(2).sum() for y in similarities),

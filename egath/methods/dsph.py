@@ -67,15 +67,22 @@ class TanhHash(nn.Module):
         return torch.tanh(self.dropout(self.fc(f)))  # (B, K)
 
 
-class DSPH(HashNets):
-    """Per modality: trunk -> tanh hash layer; plus the learnable label proxies P (C, K), kept in
-    the model so that the shared optimizer trains them (they are not needed for retrieval)."""
+class TanhHashNets(HashNets):
+    """Per modality: trunk -> tanh hash layer (h in (-1, 1)^K), with PyTorch's default Linear init."""
 
     def __init__(self, cfg: HeadConfig):
         super().__init__()
         self.cfg = cfg
         self.image_net = nn.Sequential(trunk(cfg.image_dim, cfg), TanhHash(cfg.hidden_dim, cfg.bits))
         self.text_net = nn.Sequential(trunk(cfg.text_dim, cfg), TanhHash(cfg.hidden_dim, cfg.bits))
+
+
+class DSPH(TanhHashNets):
+    """TanhHashNets plus the learnable label proxies P (C, K), kept in the model so that the
+    shared optimizer trains them (they are not needed for retrieval)."""
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__(cfg)
         self.proxies = nn.Parameter(torch.empty(cfg.n_labels, cfg.bits))
         nn.init.kaiming_normal_(self.proxies, mode="fan_out")  # as DSPH; only directions matter
 

@@ -18,13 +18,14 @@ authors fine-tune. Differences from the authors' code: docs/methods.md.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from egath import settings
 from egath.methods.base import (HeadConfig, Method, Range, Rebuildable, StatelessObjective, bert_adam, trunk,
                                 warmup_cosine)
 from egath.methods.dchmt import kaiming_fan_out_
@@ -46,17 +47,14 @@ class TransformSettings:
     stop_when_lossless: bool = True  # train.py: stops once every label's long centre maps to its short one
     seed: int = 0  # centres, T's initialisation and the tie-breaking draws (theirs: unseeded)
 
+    def __post_init__(self):
+        if self.long_bits < 2 or self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"method twdh: params.transform needs long_bits >= 2, epochs >= 1 and "
+                             f"batch_size >= 1, got {self}")
+
     @classmethod
     def from_dict(cls, values: dict) -> "TransformSettings":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"method twdh: params.transform has no settings {unknown}; known: {sorted(known)}")
-        settings = cls(**values)
-        if settings.long_bits < 2 or settings.epochs < 1 or settings.batch_size < 1:
-            raise ValueError(f"method twdh: params.transform needs long_bits >= 2, epochs >= 1 and "
-                             f"batch_size >= 1, got {settings}")
-        return settings
+        return settings.from_dict(cls, values, "settings of method twdh's params.transform")
 
 
 @dataclass(frozen=True)
@@ -162,9 +160,8 @@ def maps_losslessly(transform: torch.Tensor, long_centers: torch.Tensor, short_c
 
 
 def transform_optimizer(transform: nn.Parameter, s: TransformSettings) -> torch.optim.AdamW:
-    """train.py: BertAdam(lr=post_lr, b1 0.9, b2 0.98, e 1e-6, weight_decay) on T alone; torch's
-    AdamW for it, as for every BertAdam here (egath.methods.base.bert_adam)."""
-    return torch.optim.AdamW([transform], lr=s.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=s.weight_decay)
+    """train.py: BertAdam(lr=post_lr, weight_decay) on T alone, as every BertAdam here."""
+    return bert_adam([transform], s)
 
 
 def transform_epoch(transform: nn.Parameter, optimizer, labels: torch.Tensor, centers: tuple, s: TransformSettings,
@@ -322,7 +319,7 @@ def build(bits: int, cfg, params: TwdhParams, data, graph, first_stage: dict):
             n_labels, (n_labels, bits), (2 * long_bits, 2 * bits)):
         raise ValueError(f"twdh: the first stage's centres {tuple(long_centers.shape)}, {tuple(short_centers.shape)} "
                          f"and transform {tuple(transform.shape)} do not fit {n_labels} labels at {bits} bits")
-    model = TWDH(TwdhConfig(**asdict(HeadConfig.for_data(bits, cfg, data)), long_bits=long_bits, heads=params.heads),
+    model = TWDH(TwdhConfig.for_data(bits, cfg, data, long_bits=long_bits, heads=params.heads),
                  transform.float())
     long_centers, short_centers = long_centers.float().to(data.labels.device), short_centers.float().to(data.labels.device)
 
