@@ -131,10 +131,9 @@ def read_collection(path, *, pairs, features, inputs: ModelInputs, tmp: Path, la
 
 
 def _pairs_database(pairs, features, inputs: ModelInputs) -> Collection:
-    from egath.training import load_split, split_rows
+    from egath.training import load_split_rows
 
-    data = load_split(pairs, features, "database", text=inputs.text_input)
-    rows = split_rows(pairs, features, "database")  # the same rows: pairs left out at extraction too
+    rows, data = load_split_rows(pairs, features, "database", text=inputs.text_input)  # less skipped pairs
     with open_h5(pairs, ("ids", "image_paths", "texts", "label_names")) as f:
         ids, paths, texts = (string_array(f[key][()]) for key in ("ids", "image_paths", "texts"))
         label_names = string_array(f["label_names"][()])

@@ -12,7 +12,7 @@ from egath.io import atomic_output
 from egath.lineage import check_model, pairs_lineage
 from egath.methods.base import binarize
 from egath.methods import MethodSpec, model_from_checkpoint
-from egath.training import load_split, split_rows
+from egath.training import load_split_rows
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +41,12 @@ def encode_dataset(model_path, pairs_path, features_path, out_path, device: str 
         f.attrs.update(dataset=ckpt["dataset"], method=ckpt["method"], model=ckpt["method_spec"]["model"],
                        kind=ckpt["kind"], bits=ckpt["bits"], epoch_selection=ckpt["epoch_selection"])
         for split in ("query", "database"):
-            data = load_split(pairs_path, features_path, split, text=MethodSpec(**ckpt["method_spec"]).text)
+            # rows: which pairs these are, the split less those whose image was skipped at extraction
+            rows, data = load_split_rows(pairs_path, features_path, split, text=MethodSpec(**ckpt["method_spec"]).text)
             f.create_dataset(f"{split}/image", data=encode_codes(model.encode_image, data.image, batch_size, device))
             f.create_dataset(f"{split}/text", data=encode_codes(model.encode_text, data.text, batch_size, device))
             f.create_dataset(f"{split}/labels", data=data.labels.numpy().astype(np.uint8))
-            # which pairs these are: the split less those whose image was skipped at extraction
-            f.create_dataset(f"{split}/rows", data=split_rows(pairs_path, features_path, split))
+            f.create_dataset(f"{split}/rows", data=rows)
             log.info("%s %s %d bits: %d %s codes of each modality", ckpt["dataset"], ckpt["method"],
                      ckpt["bits"], len(data.labels), split)
     return Path(out_path)

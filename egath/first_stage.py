@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from egath.io import atomic_output
-from egath.lineage import MismatchError, check, check_features, pairs_lineage
+from egath.lineage import MismatchError, check, check_features, inputs_record, pairs_lineage
 from egath.methods import FIRST_STAGES, FirstStage, MethodSpec
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def run_first_stage(pairs_path, features_path, out_path, method: str, bits: int,
     made = getattr(importlib.import_module(module), function)(bits, settings, data, device=device, resume=resume,
                                                               save=save)
     record = {**key, "method": method, "dataset": dataset or lineage["dataset"],
-              "inputs": {**{fact: lineage[fact] for fact in FACTS}, "encoder": features["encoder"]},
+              "inputs": inputs_record(lineage, features, FACTS),
               "tensors": made["tensors"], "summary": made["summary"], "seconds": time.perf_counter() - started}
     with atomic_output(out_path) as tmp:
         torch.save(record, tmp)

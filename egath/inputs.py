@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from egath import settings
+
 TRANSFORMS = ("none", "centre", "standardise")
 # a dimension that never varies in the training split keeps its values' scale (a constant word column)
 _MIN_STD = 1e-6
@@ -39,10 +41,7 @@ class InputForm:
 
     def override(self, overrides: dict | None) -> "InputForm":
         """This form with a config's `methods.<name>.inputs` over it."""
-        unknown = sorted(set(overrides or {}) - {"image", "text"})
-        if unknown:
-            raise ValueError(f"inputs: unknown keys {unknown}; known: ['image', 'text']")
-        return InputForm(**{**asdict(self), **(overrides or {})})
+        return settings.from_dict(InputForm, {**asdict(self), **(overrides or {})}, "inputs keys")
 
 
 @dataclass

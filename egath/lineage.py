@@ -6,7 +6,7 @@ rows, vocabulary, encoder).
 The facts of pairs.h5 are computed from its datasets when it is read, so a pairs.h5 of any
 version can be checked; the other files record theirs when they are written (features:
 `source_sha256`, `dataset`; graph.h5: `dataset`, `split_sha256`, `labels_sha256`; model.pt:
-`inputs`, from `training_inputs`; a search index: the model's). A fact a file does not record
+`inputs`, from `inputs_record`; a search index: the model's). A fact a file does not record
 (written before it was recorded) is not compared.
 """
 from __future__ import annotations
@@ -83,12 +83,13 @@ def graph_lineage(graph_path) -> dict:
                 "labels_sha256": strings_digest(string_array(f["label_names"][()]))}
 
 
-def training_inputs(pairs_path, features_path) -> dict:
-    """What model.pt records of its inputs (key `inputs`)."""
-    pairs = pairs_lineage(pairs_path)
-    return {**{key: pairs[key] for key in ("dataset", "vocabulary_sha256", "split_sha256",
-                                            "labels_sha256", "source_sha256")},
-            "encoder": encoder_of(features_path)}
+MODEL_FACTS = ("dataset", "vocabulary_sha256", "split_sha256", "labels_sha256", "source_sha256")
+
+
+def inputs_record(pairs: dict, features: dict, facts=MODEL_FACTS) -> dict:
+    """What a trained file records of its inputs (key `inputs` of model.pt and first_stage.pt):
+    `facts` of its pairs.h5 (pairs_lineage) and the encoder of its features (features_lineage)."""
+    return {**{fact: pairs[fact] for fact in facts}, "encoder": features["encoder"]}
 
 
 def model_lineage(ckpt: dict) -> dict:

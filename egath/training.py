@@ -41,7 +41,7 @@ from egath.first_stage import load_first_stage
 from egath.graph import LabelGraph, load_graph
 from egath.inputs import InputTransform
 from egath.io import atomic_output, check_finite, open_h5, string_array
-from egath.lineage import MismatchError, check_features, check_graph, pairs_lineage, training_inputs
+from egath.lineage import MismatchError, check_features, check_graph, inputs_record, pairs_lineage
 from egath.methods import MethodSpec, method_source
 from egath.methods.base import Method, binarize
 from egath.metrics import mean_average_precision
@@ -135,18 +135,17 @@ def _kept_rows(pairs, features, split: str, features_path) -> np.ndarray:
     return rows
 
 
-def split_rows(pairs_path, features_path, split: str) -> np.ndarray:
-    """The rows of pairs.h5 that load_split loads for `split`, in its order."""
-    with open_h5(pairs_path, ("labels", f"split/{split}")) as pairs, open_h5(features_path, ("image",)) as features:
-        return _kept_rows(pairs, features, split, features_path)
-
-
 def load_split(pairs_path, features_path, split: str, text: str = "bow") -> TrainingData:
     """The rows of one split (`train`, `query`, `database`) as float tensors.
 
     Pairs whose image could not be read at extraction (the features' `image_skipped`) are
     left out, and logged; NaN or inf in what is loaded stops with the file and rows named.
     """
+    return load_split_rows(pairs_path, features_path, split, text)[1]
+
+
+def load_split_rows(pairs_path, features_path, split: str, text: str = "bow") -> tuple[np.ndarray, TrainingData]:
+    """load_split, and the rows of pairs.h5 it loaded, in its order."""
     with open_h5(pairs_path, ("bow", "labels", f"split/{split}")) as pairs, \
             open_h5(features_path, ("image", "text")) as features:
         rows = _kept_rows(pairs, features, split, features_path)
@@ -158,7 +157,7 @@ def load_split(pairs_path, features_path, split: str, text: str = "bow") -> Trai
         for what, values in ((f"{features_path}: image", data.image), (f"{text_path}: {text_source.name[1:]}", data.text)):
             if not torch.isfinite(values).all():
                 check_finite(values.numpy(), what, rows, string_array(pairs["ids"][()]) if "ids" in pairs else None)
-        return data
+        return rows, data
 
 
 def split_validation(data: TrainingData, n_validation: int, seed: int) -> tuple[TrainingData, TrainingData]:
@@ -197,6 +196,7 @@ class Run:
     graph: LabelGraph
     transform: InputTransform
     inputs_sha256: str  # digest of what is trained on: a checkpoint of other data is not resumed
+    inputs: dict  # what model.pt records of its input files (egath.lineage.inputs_record)
     dataset: str
     device: str
     first_stage: dict | None = None  # a two-step method's first-stage tensors (egath.first_stage), else None
@@ -235,7 +235,7 @@ def prepare_run(pairs_path, features_path, graph_path, method: str, bits: int, p
         raise MismatchError(f"training for dataset {dataset!r} was given {pairs_path}, "
                             f"which is dataset {lineage['dataset']!r}")
     dataset = dataset or lineage["dataset"]
-    check_features(pairs_path, lineage, features_path)
+    features = check_features(pairs_path, lineage, features_path)
     check_graph(pairs_path, lineage, graph_path)
     stage = load_first_stage(first_stage, method_spec, method_params, bits, pairs_path, lineage)
     data = load_split(pairs_path, features_path, "train", text=method_spec.text)
@@ -254,7 +254,8 @@ def prepare_run(pairs_path, features_path, graph_path, method: str, bits: int, p
         validation = transform.apply(validation)
     return Run(name=f"{dataset} {method} {bits} bits", spec=method_spec, method=method_def, bits=bits,
                cfg=cfg, params=method_params, data=transform.apply(data).to(device), validation=validation,
-               graph=graph, transform=transform, inputs_sha256=inputs_sha256, dataset=dataset,
+               graph=graph, transform=transform, inputs_sha256=inputs_sha256,
+               inputs=inputs_record(lineage, features), dataset=dataset,
                device=device, first_stage=stage)
 
 
@@ -310,10 +311,6 @@ def start_training(run: Run) -> TrainingState:
                          averaged, history=[], best={"score": -math.inf, "epoch": 0, "state_dict": None})
 
 
-def epochs_to_train(run: Run, state: TrainingState) -> int:
-    return run.cfg.epochs if state.optimizers else 0
-
-
 def train_epoch(run: Run, state: TrainingState, outputs: tuple[torch.Tensor, torch.Tensor]) -> dict:
     """One epoch: every phase of the objective over all training pairs in a new seeded order,
     then the objective's end-of-epoch update; returns the epoch's history record."""
@@ -357,7 +354,7 @@ def train_epoch(run: Run, state: TrainingState, outputs: tuple[torch.Tensor, tor
         state.averaged.update_parameters(state.model)
     if run.validation is not None:
         record["validation_map"] = validation_map(state.model, run.validation, run.device)
-        if record["validation_map"] > state.best["score"]:
+        if cfg.selection == "validation" and record["validation_map"] > state.best["score"]:
             state.best = {"score": record["validation_map"], "epoch": state.epoch,
                           "state_dict": copy.deepcopy(state.model.state_dict())}
     record["seconds"] = time.perf_counter() - started
@@ -407,7 +404,7 @@ def run_epochs(run: Run, state: TrainingState, after_epoch=None) -> None:
     """Train the epochs not yet trained, logging each; `after_epoch(state)` runs after each."""
     n, bits = len(run.data.labels), run.bits
     outputs = (torch.zeros(n, bits, device=run.device), torch.zeros(n, bits, device=run.device))
-    for _ in range(state.epoch, epochs_to_train(run, state)):
+    for _ in range(state.epoch, run.cfg.epochs if state.optimizers else 0):  # a closed-form method has none
         record = train_epoch(run, state, outputs)
         log.info("%s seed %d: epoch %d/%d %s", run.name, run.cfg.seed, record["epoch"], run.cfg.epochs,
                  " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"))
@@ -467,7 +464,7 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
               "method": method, "kind": run.method.kind, "method_spec": asdict(run.spec),
               "method_params": asdict(run.params), "input_transform": run.transform.state(),
               "dataset": run.dataset, "bits": bits, "epoch_selection": selection,
-              "inputs": training_inputs(pairs_path, features_path),
+              "inputs": run.inputs,
               "run_key": run_key,
               "protocol": state.objective.protocol()}
     with atomic_output(out_path) as tmp:

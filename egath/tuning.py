@@ -32,6 +32,8 @@ from egath.training import (Run, TrainConfig, key_changes, prepare_run, run_epoc
 
 log = logging.getLogger(__name__)
 
+TRAINING_KEYS = frozenset(f.name for f in fields(TrainConfig))  # a tuned name that is not one is a method parameter
+
 
 @dataclass(frozen=True)
 class TuningBudget:
@@ -60,13 +62,12 @@ def trial_settings(space: dict, budget: TuningBudget) -> list[dict]:
 
 def split_settings(run: Run, settings: dict) -> tuple[dict, dict]:
     """Settings as (training keys, method parameters); a name that is neither is an error."""
-    training_keys = {f.name for f in fields(TrainConfig)}
     method_keys = set(run.method.params.__dataclass_fields__)
-    unknown = sorted(set(settings) - training_keys - method_keys)
+    unknown = sorted(set(settings) - TRAINING_KEYS - method_keys)
     if unknown:
         raise ValueError(f"method {run.spec.model!r}: tuning_space names {unknown}, neither training "
                          f"settings nor its own parameters ({sorted(method_keys)})")
-    return ({k: v for k, v in settings.items() if k in training_keys},
+    return ({k: v for k, v in settings.items() if k in TRAINING_KEYS},
             {k: v for k, v in settings.items() if k in method_keys})
 
 
@@ -130,13 +131,12 @@ def tune(pairs_path, features_path, graph_path, out_path, method: str, bits: int
 def apply_tuning(params: dict, spec: dict | None, tuning: dict) -> tuple[dict, dict, str]:
     """(training params, method spec, protocol text) with the best trial's values over them."""
     settings = tuning["best"]["settings"]
-    training_keys = {f.name for f in fields(TrainConfig)}
     spec = dict(spec or {})
-    spec["params"] = {**spec.get("params", {}), **{k: v for k, v in settings.items() if k not in training_keys}}
+    spec["params"] = {**spec.get("params", {}), **{k: v for k, v in settings.items() if k not in TRAINING_KEYS}}
     budget = tuning["budget"]
     protocol = (f"tuned: {_describe(settings)} (best of {budget['trials']} trials x {budget['epochs']} "
                 f"epochs on {budget['n_validation']} held-out training pairs)")
-    return {**params, **{k: v for k, v in settings.items() if k in training_keys}}, spec, protocol
+    return {**params, **{k: v for k, v in settings.items() if k in TRAINING_KEYS}}, spec, protocol
 
 
 def read_tuning(path) -> dict:
