@@ -20,22 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seed_spread import test_map  # noqa: E402
 
+from egath.lineage import pairs_lineage  # noqa: E402
+from egath.settings import job_training, method_spec  # noqa: E402
 from egath.training import load_split, prepare_run, run_epochs, select_weights, start_training  # noqa: E402
 
 FORMS = ("none", "centre", "standardise")
-
-
-def job_settings(config: dict, method: str, bits: int) -> tuple[dict, dict]:
-    """(training params, method spec) of one cell, as the workflow resolves them (rules/common.smk)."""
-    params = dict(config.get("training", {}))
-    for override in config.get("train_overrides", []):
-        selected = override.get("method")
-        wanted = override.get("bits")
-        if (selected is None or method in ([selected] if isinstance(selected, str) else selected)) and \
-                (wanted is None or bits in ([wanted] if isinstance(wanted, int) else wanted)):
-            params.update(override["params"])
-    spec = {k: v for k, v in (config["methods"][method] or {}).items() if k != "tune"}
-    return params, spec
 
 
 def main() -> None:
@@ -51,13 +40,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = yaml.safe_load(Path(args.config).read_text())
+    dataset = pairs_lineage(args.pairs)["dataset"]  # for the overrides that select a dataset
     methods = args.methods or [m for m in config["methods"] if (config["methods"][m] or {}).get("model", m) != "itq"]
     splits = {text: {name: load_split(args.pairs, args.features, name, text) for name in ("query", "database")}
               for text in ("bow", "clip")}
     print(f"test mAP i2t / t2i, mean over {args.seeds} seeds, {args.bits} bits, settings of {args.config}")
     print("method           " + "".join(f"{form:>20s}" for form in FORMS))
     for method in methods:
-        params, spec = job_settings(config, method, args.bits)
+        params, spec = job_training(config, dataset, method, args.bits), method_spec(config, method)
         cells = []
         for form in FORMS:
             scores = []

@@ -10,6 +10,7 @@ from egath.io import files_digest
 from egath.logs import quiet_library_warnings
 from egath.methods import FIRST_STAGES, check_model, load_method, method_source
 from egath.naming import encoder_slug
+from egath.settings import job_training, method_spec
 from egath.sources import code_sha256
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -144,23 +145,9 @@ def get_train_params(wildcards):
 
     Only this job's slice of the config reaches it, so an edit reruns only the jobs it concerns.
     """
-    job = {
-        "dataset": wildcards.dataset,
-        "bits": int(wildcards.bits),
-        "method": wildcards.method,
-    }
-    params = dict(config["training"])
-    for override in config["train_overrides"]:
-        if all(is_match(override.get(key), value) for key, value in job.items()):
-            params.update(override["params"])
-    return params
-
-
-def is_match(selector, value):
-    """An override's dataset, bits or method selector: absent (all), one value, or a list."""
-    if selector is None:
-        return True
-    return value in selector if isinstance(selector, list) else value == selector
+    return job_training(
+        config, wildcards.dataset, wildcards.method, int(wildcards.bits)
+    )
 
 
 def get_training_code(wildcards):
@@ -174,8 +161,7 @@ def get_tuning_code(wildcards):
 def get_method_spec(wildcards):
     """Model, text input, params and inputs of a method; an empty entry means model = the
     method's name."""
-    spec = config["methods"][wildcards.method] or {}
-    return {key: value for key, value in spec.items() if key not in ("tune", "bits")}
+    return method_spec(config, wildcards.method)
 
 
 def is_tuned(method):

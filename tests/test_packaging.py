@@ -100,3 +100,18 @@ def test_every_training_setting_can_be_set_in_the_config():
     in_schema = set(schema["definitions"]["training"]["properties"])
     settable = {f.name for f in fields(TrainConfig)} - {"seed"}  # set per run from `seeds`
     assert in_schema == settable
+
+
+def test_a_jobs_settings_are_the_training_block_under_its_matching_overrides():
+    # egath.settings resolves them for the workflow's jobs and for the benchmarks alike
+    from egath.settings import job_training, method_spec
+
+    config = {"training": {"epochs": 15, "lr": 1e-3},
+              "train_overrides": [{"method": ["dcmh", "ucch"], "params": {"epochs": 30}},
+                                  {"dataset": "coco", "bits": 64, "params": {"lr": 1e-4}},
+                                  {"method": "dcmh", "bits": [16, 32], "params": {"batch_size": 32}}],
+              "methods": {"dcmh": None, "mith": {"bits": [32], "tune": False, "params": {"feature_dim": 64}}}}
+    assert job_training(config, "synthetic", "dcmh", 32) == {"epochs": 30, "lr": 1e-3, "batch_size": 32}
+    assert job_training(config, "coco", "dcmh", 64) == {"epochs": 30, "lr": 1e-4}
+    assert job_training(config, "coco", "mith", 32) == {"epochs": 15, "lr": 1e-3}
+    assert method_spec(config, "dcmh") == {} and method_spec(config, "mith") == {"params": {"feature_dim": 64}}
