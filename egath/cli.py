@@ -236,9 +236,10 @@ def _quiet_libraries(verbose: bool, own_level: int) -> None:
 
 
 def _index(args) -> None:
+    from egath.collection import collection_kind
     from egath.devices import select_device
     from egath.search import build_index
-    if not args.collection.endswith(".h5") and args.pairs is None:
+    if collection_kind(args.collection) != "pairs" and args.pairs is None:
         raise FileNotFoundError("a collection that is not a pairs.h5 needs --pairs, the pairs.h5 the model "
                                 "was trained on (its vocabulary)")
     build_index(args.model, args.out, pairs=args.pairs or args.collection, features=args.features,

@@ -517,3 +517,12 @@ def test_the_index_needs_no_model_file_to_answer(demo, tmp_path):
     expected = search(index, text="blue star", k=5)
     model.unlink()
     assert search(index, text="blue star", k=5) == expected
+
+
+@pytest.mark.parametrize("collection", ["photos", "captions.txt", "manifest.tsv"])
+def test_a_collection_other_than_a_pairs_h5_needs_the_models_pairs(tmp_path, capsys, collection):
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(SystemExit):
+        main(["index", str(tmp_path / "model.pt"), str(tmp_path / "index.h5"), "--collection",
+              str(tmp_path / collection), "--features", str(tmp_path / "features.h5")])
+    assert "needs --pairs" in capsys.readouterr().err and not (tmp_path / "index.h5").exists()
