@@ -28,6 +28,11 @@ def is_present(path: Path) -> bool:
     return path.is_file() or (path.is_dir() and any(path.iterdir()))
 
 
+def first_present(base: Path, relative: Sequence[str]) -> Path | None:
+    """The first of `relative` (paths under base) that is present (is_present), else None."""
+    return next((base / rel for rel in relative if is_present(base / rel)), None)
+
+
 def _neighbours(raw_dir: Path) -> list[tuple[Path, str]]:
     """Folders a user may have meant instead of raw_dir: inside it (two levels), then above."""
     inside = sorted(d for d in raw_dir.iterdir() if d.is_dir())
@@ -42,7 +47,7 @@ def wrong_folder_hint(raw_dir: Path, relative: Sequence[str]) -> str:
     if not raw_dir.is_dir():
         return f"The folder {raw_dir} does not exist."
     for base, how in _neighbours(raw_dir.resolve()):
-        found = next((base / rel for rel in relative if is_present(base / rel)), None)
+        found = first_present(base, relative)
         if found is not None:
             fix = (f"move its contents into {raw_dir}, or name {base} as the raw folder"
                    if how.endswith("inside") else f"name {base} as the raw folder")
@@ -54,9 +59,9 @@ def wrong_folder_hint(raw_dir: Path, relative: Sequence[str]) -> str:
 def locate(raw_dir: Path, relative: Sequence[str], what: str, hint: str = "") -> Path:
     """The first of `relative` (paths under raw_dir) that is present; else DatasetError naming
     every place looked at, and where the files are when raw_dir is the wrong folder."""
-    for rel in relative:
-        if is_present(raw_dir / rel):
-            return raw_dir / rel
+    found = first_present(raw_dir, relative)
+    if found is not None:
+        return found
     notes = [n for n in (wrong_folder_hint(raw_dir, relative), hint) if n]
     raise DatasetError(f"missing {what}; looked for:\n  " +
                        "\n  ".join(str(raw_dir / rel) for rel in relative) +

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from egath.datasets.raw import is_present, locate
+from egath.datasets.raw import first_present, locate
 
 NUSWIDE_URLS = ("https://lms.comp.nus.edu.sg/wp-content/uploads/2019/research/nuswide/"
                 "NUS-WIDE-urls.rar")
@@ -126,8 +126,7 @@ def unpacked_in_place(entry: dict, folders: tuple[str, ...], raw_dir: Path
     """The paths of an archive's members when all of them are under raw_dir, else None."""
     found = []
     for alternatives in entry.get("unpacked", {}).values():
-        path = next((raw_dir / p for p in member_paths(folders, alternatives)
-                     if is_present(raw_dir / p)), None)
+        path = first_present(raw_dir, member_paths(folders, alternatives))
         if path is None:
             return None
         found.append(path)
