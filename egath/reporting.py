@@ -143,6 +143,14 @@ def _write_text(path, text: str) -> None:
         Path(tmp).write_text(text, encoding="utf-8")
 
 
+def _write_csv(path, columns, rows) -> None:
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+
+
 def _latex_escape(text: str) -> str:
     for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"),
                        ("#", r"\#"), ("_", r"\_"), ("{", r"\{"), ("}", r"\}")):
@@ -171,11 +179,7 @@ def write_map_table(metrics, csv_path, md_path, tex_path, reference=None, html_p
     rows = _rows(metrics, methods)
     aggregate = _aggregate(rows)
     columns_csv = CSV_COLUMNS + PROTOCOL_COLUMNS
-    with atomic_output(csv_path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns_csv, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows({k: _csv_value(k, r[k]) for k in columns_csv} for r in rows + aggregate)
+    _write_csv(csv_path, columns_csv, ({k: _csv_value(k, r[k]) for k in columns_csv} for r in rows + aggregate))
 
     reference = list(reference or [])
     columns = sorted({(r["dataset"], r["task"], r["bits"]) for r in aggregate}
@@ -252,11 +256,7 @@ def write_tuning_table(tunings, csv_path, md_path, html_path, listed=()) -> list
                      "best_trial": t["best"]["trial"],
                      "tuned_values": ", ".join(f"{k}={v:.3g}" for k, v in t["best"]["settings"].items())
                      or "untuned settings kept"})
-    with atomic_output(csv_path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=TUNING_COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
+    _write_csv(csv_path, TUNING_COLUMNS, rows)
     shown = ("dataset", "method", "bits", "untuned_validation_map", "tuned_validation_map", "tuned_values")
     heads = ("dataset", "method", "bits", "untuned", "tuned", "tuned values")
     caption = ("Tuning: validation mAP (order-free, mean of i2t and t2i, on training pairs held out) of the "
