@@ -13,7 +13,7 @@ from pathlib import Path
 
 from egath.encoding import encode_dataset
 from egath.metrics import write_metrics
-from egath.training import train
+from egath.training import prepare_run, train_run
 from egath.tuning import apply_tuning, read_tuning
 
 log = logging.getLogger(__name__)
@@ -39,12 +39,12 @@ def train_and_evaluate(pairs, features, graph, *, method: str, bits: int, seeds:
     if tuning is not None:
         params, spec, tuned = apply_tuning(params, spec, read_tuning(tuning))
         log.info("%s", tuned)
+    # the files checked, the training split loaded and its input form fitted once for every seed
+    run = prepare_run(pairs, features, graph, method, bits, params, spec, dataset, device, first_stage)
     results = []
     for seed, model_path, codes_path, metrics_path in zip(seeds, models, codes, metrics):
         log.info("seed %d: training", seed)
-        result = train(pairs, features, graph, model_path, method, bits, {**params, "seed": seed},
-                       device=device, dataset=dataset, spec=spec, reuse_path=reuse_path(model_path, seed),
-                       first_stage=first_stage)
+        result = train_run(run.with_settings({"seed": seed}), model_path, reuse_path=reuse_path(model_path, seed))
         # encoding is a forward pass of small heads: the CPU does it, no GPU is held for it
         encode_dataset(model_path, pairs, features, codes_path, device="cpu")
         key = result["run_key"]  # what the model trained on and with, as it happened

@@ -184,8 +184,7 @@ def validation_map(model, validation: TrainingData, device: str) -> float:
 
 @dataclass
 class Run:
-    """What one training run reads, prepared once: a tuning job's trials share it."""
-    name: str  # "dataset method bits", prefixed to every log line
+    """What one training run reads, prepared once: a tuning job's trials and a job's seeds share it."""
     spec: MethodSpec
     method: Method
     bits: int
@@ -198,8 +197,14 @@ class Run:
     inputs_sha256: str  # digest of what is trained on: a checkpoint of other data is not resumed
     inputs: dict  # what model.pt records of its input files (egath.lineage.inputs_record)
     dataset: str
+    method_name: str  # the name the run is trained under (the config's), beside its model's
     device: str
     first_stage: dict | None = None  # a two-step method's first-stage tensors (egath.first_stage), else None
+
+    @property
+    def name(self) -> str:
+        """The "dataset method bits" prefix of every log line."""
+        return f"{self.dataset} {self.method_name} {self.bits} bits"
 
     def with_settings(self, training: dict | None = None, method_params: dict | None = None) -> "Run":
         """The same inputs under other settings (a tuning trial): training keys over the config,
@@ -252,10 +257,10 @@ def prepare_run(pairs_path, features_path, graph_path, method: str, bits: int, p
                             *((validation.image, validation.text, validation.labels) if validation else ()))
     if validation is not None:
         validation = transform.apply(validation)
-    return Run(name=f"{dataset} {method} {bits} bits", spec=method_spec, method=method_def, bits=bits,
+    return Run(spec=method_spec, method=method_def, bits=bits,
                cfg=cfg, params=method_params, data=transform.apply(data).to(device), validation=validation,
                graph=graph, transform=transform, inputs_sha256=inputs_sha256,
-               inputs=inputs_record(lineage, features), dataset=dataset,
+               inputs=inputs_record(lineage, features), dataset=dataset, method_name=method,
                device=device, first_stage=stage)
 
 
@@ -429,6 +434,12 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
     """
     run = prepare_run(pairs_path, features_path, graph_path, method, bits, params, spec, dataset, device,
                       first_stage)
+    return train_run(run, out_path, checkpoint_path, reuse_path)
+
+
+def train_run(run: Run, out_path, checkpoint_path=None, reuse_path=None) -> dict:
+    """Train a prepared run (prepare_run; several seeds can share one, `Run.with_settings`) and
+    write model.pt to `out_path`; `checkpoint_path` and `reuse_path` as for `train`."""
     run_key = run.key()
     if reuse_path is not None and Path(reuse_path).exists():
         done = _load_cache(reuse_path, "cpu", run)
@@ -442,9 +453,9 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
                      reuse_path, ", ".join(key_changes(done.get("run_key", {}), run_key)))
     state = start_training(run)
     checkpoint_path = Path(checkpoint_path or f"{out_path}.ckpt")
-    on_gpu = str(device).startswith("cuda")
+    on_gpu = str(run.device).startswith("cuda")
     if checkpoint_path.exists():
-        ckpt = _load_cache(checkpoint_path, device, run)
+        ckpt = _load_cache(checkpoint_path, run.device, run)
         if ckpt.get("run_key") == run_key:
             state.restore(ckpt, on_gpu)
             log.info("%s seed %d: resuming from %s after epoch %d", run.name, run.cfg.seed,
@@ -461,9 +472,9 @@ def train(pairs_path, features_path, graph_path, out_path, method: str, bits: in
     selection = select_weights(run, state)
     result = {"state_dict": {k: v.cpu() for k, v in state.model.state_dict().items()},
               "model_config": asdict(state.model.cfg), "config": asdict(run.cfg), "history": state.history,
-              "method": method, "kind": run.method.kind, "method_spec": asdict(run.spec),
+              "method": run.method_name, "kind": run.method.kind, "method_spec": asdict(run.spec),
               "method_params": asdict(run.params), "input_transform": run.transform.state(),
-              "dataset": run.dataset, "bits": bits, "epoch_selection": selection,
+              "dataset": run.dataset, "bits": run.bits, "epoch_selection": selection,
               "inputs": run.inputs,
               "run_key": run_key,
               "protocol": state.objective.protocol()}
